@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.fixtures import make_loco, make_mvtec_ad
+from vlmad import __version__
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vlmad", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    start = time.perf_counter()
+    r = run("--help")
+    assert r.returncode == 0 and "data" in r.stdout and "demo" in r.stdout
+    assert time.perf_counter() - start < 2.0 * 3  # generous for a loaded CI machine; bench measures it exactly
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, vlmad.cli; print('torch' in sys.modules, 'cv2' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.stdout.split() == ["False", "False"]
+
+
+def test_version() -> None:
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"vlmad {__version__}"
+
+
+def test_data_info_prints_counts(tmp_path: Path) -> None:
+    root = make_loco(tmp_path / "loco")
+    r = run("data", "info", str(root), "--save", str(tmp_path / "m.parquet"))
+    assert r.returncode == 0, r.stderr
+    assert "pushpins" in r.stdout and "test good" in r.stdout and "logical" in r.stdout and "missing_item" in r.stdout
+    assert (tmp_path / "m.parquet").is_file()
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    for args in (
+        ("data", "info", str(tmp_path / "missing")),
+        ("data", "validate", str(tmp_path)),
+        ("data", "info", str(tmp_path), "--layout", "coco"),
+    ):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_validate_lists_all_problems_and_fails(tmp_path: Path) -> None:
+    root = make_mvtec_ad(tmp_path / "ad", categories=("bottle",))
+    (root / "bottle" / "train" / "good" / "000.png").write_bytes(b"")
+    (root / "bottle" / "test" / "good" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = run("data", "validate", str(root))
+    assert r.returncode == 1
+    assert "000.png: empty file (0 bytes)" in r.stdout
+    assert "001.png: truncated image" in r.stdout
+    assert "2 errors" in r.stdout
+    clean = make_loco(tmp_path / "loco")
+    r = run("data", "validate", str(clean))
+    assert r.returncode == 0 and "0 errors" in r.stdout

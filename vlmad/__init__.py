@@ -1,0 +1,6 @@
+"""vlmad: industrial image anomaly detection with vision-language models.
+
+The top-level package stays import-light: ``import vlmad`` and ``vlmad --help`` never import torch.
+"""
+
+__version__ = "0.1.0"

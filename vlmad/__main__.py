@@ -1,0 +1,5 @@
+"""``python -m vlmad`` runs the ``vlmad`` command."""
+
+from vlmad.cli import main
+
+main()

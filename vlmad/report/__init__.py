@@ -1,0 +1,1 @@
+"""Tables, plots, image overlays and the HTML report."""
