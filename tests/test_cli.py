@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.fixtures import make_loco, make_mvtec_ad
@@ -15,17 +14,20 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_help_is_fast_and_imports_no_torch() -> None:
-    start = time.perf_counter()
+def test_help_imports_nothing_heavy() -> None:
+    # Start-up time itself is measured by bench/cli_startup.py; here: what makes it slow is not imported.
     r = run("--help")
     assert r.returncode == 0 and "data" in r.stdout and "demo" in r.stdout
-    assert time.perf_counter() - start < 2.0 * 3  # generous for a loaded CI machine; bench measures it exactly
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, vlmad.cli; print('torch' in sys.modules, 'cv2' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, vlmad.cli; print(*(m in sys.modules for m in ('torch', 'cv2', 'transformers')))",
+        ],
         capture_output=True,
         text=True,
     )
-    assert probe.stdout.split() == ["False", "False"]
+    assert probe.stdout.split() == ["False", "False", "False"]
 
 
 def test_version() -> None:
@@ -37,7 +39,12 @@ def test_data_info_prints_counts(tmp_path: Path) -> None:
     root = make_loco(tmp_path / "loco")
     r = run("data", "info", str(root), "--save", str(tmp_path / "m.parquet"))
     assert r.returncode == 0, r.stderr
-    assert "pushpins" in r.stdout and "test good" in r.stdout and "logical" in r.stdout and "missing_item" in r.stdout
+    assert (
+        "pushpins" in r.stdout
+        and "test good" in r.stdout
+        and "logical" in r.stdout
+        and "missing_item" in r.stdout
+    )
     assert (tmp_path / "m.parquet").is_file()
 
 

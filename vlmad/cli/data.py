@@ -56,7 +56,9 @@ def validate(
     manifest = read_dataset(path, layout=layout, problems=problems)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("checking images and masks", total=len(manifest))
-        problems += validate_manifest(manifest, workers=workers, progress=lambda n: bar.update(task, completed=n))
+        problems += validate_manifest(
+            manifest, workers=workers, progress=lambda n: bar.update(task, completed=n)
+        )
     errors = [p for p in problems if p.severity == "error"]
     warnings = [p for p in problems if p.severity == "warning"]
     for p in problems:
@@ -73,7 +75,9 @@ def validate(
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (MVTec LOCO AD layout)."),
-    recipe: Path | None = typer.Option(None, help="YAML recipe (see data_builders/); options below override it."),
+    recipe: Path | None = typer.Option(
+        None, help="YAML recipe (see data_builders/); options below override it."
+    ),
     categories: str | None = typer.Option(None, help="Comma-separated categories (default: all five)."),
     size: int | None = typer.Option(None, help="Image side in pixels (default 256)."),
     seed: int | None = typer.Option(None, help="Random seed (default 0)."),
@@ -117,7 +121,9 @@ def synth(
     if recipe is not None:
         config = load_config(recipe, **overrides)
         if counts:
-            config = make_config(**{**config.model_dump(), "counts": {**config.counts.model_dump(), **counts}})
+            config = make_config(
+                **{**config.model_dump(), "counts": {**config.counts.model_dump(), **counts}}
+            )
     else:
         config = make_config(**{k: v for k, v in overrides.items() if v is not None}, counts=counts)
     console = Console()

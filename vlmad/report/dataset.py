@@ -62,7 +62,15 @@ def counts_chart(manifest: Manifest, report: HtmlReport) -> str:
         vals = np.array([counts.get((c, split, label), 0) for c in cats], float)
         if not vals.any():
             continue
-        ax.bar(cats, vals, bottom=bottom, color=colors[label], hatch=hatch, edgecolor="white", label=f"{split}/{label}")
+        ax.bar(
+            cats,
+            vals,
+            bottom=bottom,
+            color=colors[label],
+            hatch=hatch,
+            edgecolor="white",
+            label=f"{split}/{label}",
+        )
         bottom += vals
     ax.set_ylabel("images")
     ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))

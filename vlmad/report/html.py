@@ -86,7 +86,9 @@ class HtmlReport:
         """Link an image file already written into the assets folder (e.g. a matplotlib plot)."""
         rel = Path(path).resolve().relative_to(self.folder.resolve()).as_posix()
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self._parts.append(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">{cap}</figure>')
+        self._parts.append(
+            f'<figure><img src="{html.escape(rel)}" alt="{html.escape(caption)}">{cap}</figure>'
+        )
 
     def grid(self, cards: list[Card], max_side: int = 256) -> None:
         """A grid of image cards; images are downscaled to ``max_side`` and written as PNG assets."""
@@ -112,7 +114,9 @@ class HtmlReport:
         h, w = image.shape[:2]
         if max(h, w) > max_side:
             s = max_side / max(h, w)
-            image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+            image = cv2.resize(
+                image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA
+            )
         path = self.asset_path(stem)
         cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         return path.relative_to(self.folder).as_posix()

@@ -40,7 +40,9 @@ def defect_rows(manifest: Manifest) -> tuple[list[str], list[list[Any]]]:
     counts = manifest.filter(split="test").counts("category", "label", "defect_type")
     rows = [
         [cat, label, dtype or "unknown", n]
-        for (cat, label, dtype), n in sorted(counts.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2])))
+        for (cat, label, dtype), n in sorted(
+            counts.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))
+        )
         if label != "good"
     ]
     return ["category", "label", "defect type", "images"], rows
