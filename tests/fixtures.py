@@ -21,7 +21,9 @@ def write_image(path: Path, seed: int = 0, size: int = SIZE, mode: str = "RGB") 
     return path
 
 
-def write_mask(path: Path, value: int = 255, box: tuple[int, int, int, int] = (4, 4, 12, 12), size: int = SIZE) -> Path:
+def write_mask(
+    path: Path, value: int = 255, box: tuple[int, int, int, int] = (4, 4, 12, 12), size: int = SIZE
+) -> Path:
     """An 8-bit mask with ``value`` in the box (x0, y0, x1, y1) and 0 elsewhere."""
     path.parent.mkdir(parents=True, exist_ok=True)
     m = np.zeros((size, size), np.uint8)
@@ -45,7 +47,12 @@ def make_mvtec_ad(root: Path, categories: tuple[str, ...] = ("bottle", "screw"))
 
 
 LOCO_DEFECTS = [
-    {"defect_name": "missing_item", "pixel_value": 255, "saturation_threshold": 300, "relative_saturation": False},
+    {
+        "defect_name": "missing_item",
+        "pixel_value": 255,
+        "saturation_threshold": 300,
+        "relative_saturation": False,
+    },
     {"defect_name": "scratch", "pixel_value": 254, "saturation_threshold": 1.0, "relative_saturation": True},
 ]
 

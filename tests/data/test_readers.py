@@ -116,7 +116,9 @@ def test_manifest_moves_with_dataset(tmp_path: Path) -> None:
 
 def test_bad_manifest_lines(tmp_path: Path) -> None:
     p = tmp_path / "m.jsonl"
-    p.write_text('{"vlmad": "manifest", "version": 1, "info": {"name": "x", "layout": "folder", "root": "/"}}\n{oops\n')
+    p.write_text(
+        '{"vlmad": "manifest", "version": 1, "info": {"name": "x", "layout": "folder", "root": "/"}}\n{oops\n'
+    )
     with pytest.raises(DatasetError, match=r"m.jsonl: line 2 is not JSON"):
         Manifest.load(p)
     p.write_text(

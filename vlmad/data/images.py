@@ -159,16 +159,18 @@ def check_mask(path: str | Path, image_shape: tuple[int, int] | None) -> list[Pr
         return [Problem(path, e.problem)]
     problems: list[Problem] = []
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        problems.append(Problem(path, "16-bit mask: read as 8-bit (value / 257), non-zero = defect", "warning"))
+        problems.append(
+            Problem(path, "16-bit mask: read as 8-bit (value / 257), non-zero = defect", "warning")
+        )
     elif mode in ("P", "PA"):
-        problems.append(Problem(path, "palette mask: read through its palette colours, non-zero = defect", "warning"))
+        problems.append(
+            Problem(path, "palette mask: read through its palette colours, non-zero = defect", "warning")
+        )
     elif mode in ("RGB", "RGBA"):
         problems.append(Problem(path, "colour mask: read as the maximum over channels", "warning"))
     if image_shape is not None and values.shape != tuple(image_shape):
         h, w = values.shape
-        problems.append(
-            Problem(path, f"mask is {w}x{h} but its image is {image_shape[1]}x{image_shape[0]}")
-        )
+        problems.append(Problem(path, f"mask is {w}x{h} but its image is {image_shape[1]}x{image_shape[0]}"))
     if not values.any():
         problems.append(Problem(path, "mask has no defect pixels (all zero)"))
     return problems

@@ -180,7 +180,9 @@ def read_mvtec_loco(root: str | Path, problems: list[Problem] | None = None) -> 
             except DatasetError as e:
                 report(cfg_path, e.problem)
         else:
-            report(cfg_path, "missing defects_config.json: defect types and sPRO saturation unknown", "warning")
+            report(
+                cfg_path, "missing defects_config.json: defect types and sPRO saturation unknown", "warning"
+            )
         for split in ("train", "validation"):
             if not (cat / split / "good").is_dir():
                 if split == "validation":
@@ -241,7 +243,11 @@ def read_visa(root: str | Path, problems: list[Problem] | None = None) -> Manife
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
             raise DatasetError(csv_path, f"expected columns {sorted(need)} (+ mask), got {reader.fieldnames}")
         for n, row in enumerate(reader, 2):
-            cat, split, lab = row["object"].strip(), row["split"].strip().lower(), row["label"].strip().lower()
+            cat, split, lab = (
+                row["object"].strip(),
+                row["split"].strip().lower(),
+                row["label"].strip().lower(),
+            )
             where = f"line {n}"
             if split not in ("train", "test", "val", "validation"):
                 report(csv_path, f"{where}: unknown split {row['split']!r}")
