@@ -72,3 +72,24 @@ def test_validate_lists_all_problems_and_fails(tmp_path: Path) -> None:
     clean = make_loco(tmp_path / "loco")
     r = run("data", "validate", str(clean))
     assert r.returncode == 0 and "0 errors" in r.stdout
+
+
+def test_data_synth_writes_a_readable_dataset_and_reports_errors(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    args = ["data", "synth", "--out", str(out), "--categories", "pushpins,screw_bag", "--size", "96"]
+    counts = ["--train-good", "1", "--validation-good", "1", "--test-good", "1"]
+    counts += ["--test-logical", "2", "--test-structural", "2"]
+    r = run(*args, *counts, "--test-shifts", "shadow:0.5", "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert "14 images generated" in r.stdout and "images/s" in r.stdout
+    r = run("data", "info", str(out))
+    assert r.returncode == 0 and "screw_bag" in r.stdout
+    # same folder, other settings: refused with one line, nothing overwritten
+    before = (out / "pushpins" / "test" / "good" / "000.png").read_bytes()
+    r = run(*args, *counts, "--seed", "5")
+    assert r.returncode == 2 and "other settings" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "pushpins" / "test" / "good" / "000.png").read_bytes() == before
+    r = run("data", "synth", "--out", str(tmp_path / "x"), "--test-shifts", "sunburn:0.5")
+    assert r.returncode == 2 and "unknown imaging shift 'sunburn'" in r.stderr
+    r = run("data", "synth", "--out", str(tmp_path / "x"), "--categories", "toaster")
+    assert r.returncode == 2 and r.stderr.startswith("error: options: categories: unknown categories")

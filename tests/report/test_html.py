@@ -26,7 +26,7 @@ def test_outline_draws_only_on_the_mask_border() -> None:
     img = np.zeros((64, 64, 3), np.uint8)
     m = np.zeros((64, 64), bool)
     m[20:40, 20:40] = True
-    out = outline_masks(img, [m], thickness=1)
+    out = outline_masks(img, [m], thickness=1, halo=False)
     changed = out.any(axis=2)
     assert changed[20, 30] and changed[30, 20]  # on the border
     assert not changed[30, 30] and not changed[5, 5]  # not inside, not far outside

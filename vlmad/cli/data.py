@@ -128,18 +128,22 @@ def synth(
         config = make_config(**{k: v for k, v in overrides.items() if v is not None}, counts=counts)
     console = Console()
     start = time.perf_counter()
-    first = [-1]
-    with Progress(
+    bar = Progress(
         TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-    ) as bar:
-        task = bar.add_task("synth", total=None)
+    )
+    task = bar.add_task("synth", total=None)
+    first = [-1]
 
-        def progress(done: int, total: int) -> None:
-            if first[0] < 0:
-                first[0] = done
-            bar.update(task, completed=done, total=total)
+    def progress(done: int, total: int) -> None:
+        if first[0] < 0:  # the bar appears once generation really starts (not before a config error)
+            first[0] = done
+            bar.start()
+        bar.update(task, completed=done, total=total)
 
+    try:
         generate(config, out, workers=workers, overwrite=overwrite, progress=progress)
+    finally:
+        bar.stop()
     elapsed = time.perf_counter() - start
     total = bar.tasks[0].total or 0
     made = int(total) - max(0, first[0])

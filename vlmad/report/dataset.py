@@ -97,5 +97,5 @@ def add_dataset_section(report: HtmlReport, manifest: Manifest, per_label: int =
         report.table(header, rows, caption="Anomalous test images per defect type")
     report.heading("Examples (ground-truth regions outlined, reference descriptions below)")
     for cat in manifest.categories:
-        report.paragraph(cat)
+        report.subheading(cat)
         report.grid([sample_card(s) for s in pick_examples(manifest.filter(category=cat), per_label)])

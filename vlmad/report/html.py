@@ -21,12 +21,13 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
 color:#222;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd}
+h3{font-size:1.05rem;margin:1.2rem 0 .4rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .6rem}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 caption{caption-side:top;text-align:left;font-weight:600;padding:.3rem 0}
 .note{padding:.5rem .8rem;border-left:4px solid #888;background:#f7f7f7;margin:.6rem 0}
 .note.warning{border-color:#d80;background:#fff6e5}.note.error{border-color:#c00;background:#ffecec}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:12px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:12px}
 .card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:.82rem}
 .card img{width:100%;image-rendering:auto;border-radius:3px}.card .t{font-weight:600;margin:.2rem 0}
 .tag{display:inline-block;border-radius:3px;padding:0 .3rem;font-size:.75rem;color:#fff}
@@ -59,6 +60,10 @@ class HtmlReport:
     def heading(self, text: str) -> None:
         """A section heading."""
         self._parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def subheading(self, text: str) -> None:
+        """A heading inside a section."""
+        self._parts.append(f"<h3>{html.escape(text)}</h3>")
 
     def paragraph(self, text: str) -> None:
         """A paragraph of plain text."""

@@ -36,16 +36,19 @@ def _column(split: str, label: str) -> str:
 
 
 def defect_rows(manifest: Manifest) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of anomalous test images per category, label and defect type."""
+    """Header and rows of anomalous test images per category and label, with the count per defect type
+    in one cell (``"extra_fruit 2, missing_fruit 3"``) so the table stays short."""
     counts = manifest.filter(split="test").counts("category", "label", "defect_type")
+    groups: dict[tuple[str, str], dict[str, int]] = {}
+    for (cat, label, dtype), n in counts.items():
+        if label != "good":
+            groups.setdefault((cat, label), {})[dtype or "unknown"] = n
+    order = {c: i for i, c in enumerate(manifest.categories)}
     rows = [
-        [cat, label, dtype or "unknown", n]
-        for (cat, label, dtype), n in sorted(
-            counts.items(), key=lambda kv: (kv[0][0], kv[0][1], str(kv[0][2]))
-        )
-        if label != "good"
+        [cat, label, ", ".join(f"{d} {n}" for d, n in sorted(types.items())), sum(types.values())]
+        for (cat, label), types in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))
     ]
-    return ["category", "label", "defect type", "images"], rows
+    return ["category", "label", "defect types (images)", "images"], rows
 
 
 def counts_tables(manifest: Manifest) -> list[Table]:

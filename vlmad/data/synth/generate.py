@@ -113,7 +113,8 @@ def make_config(source: str = "options", **values: Any) -> SynthConfig:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{source}: {loc}: {err['msg']}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {loc}: {msg}") from None
 
 
 @dataclass(frozen=True)
