@@ -13,15 +13,10 @@ fruit compartment; region = the spilt granola).
 Structural anomalies: ``box_damage`` (a crack or a torn-out notch in the box wall), ``contamination`` (a
 foreign stain or particle in the box), ``bruised_fruit`` (a dark soft spot on a fruit) and ``scratch`` (a
 scratch on the bare box surface).
-
-The module also holds generic fast drawing helpers (``fast_fill``, ``smooth_noise``, ``scale_pixels``,
-``local_defect``, ``bbox_slices``, ``draw_rounded_rect``, ``where_phrase``) that ``juice_bottle`` reuses;
-they are candidates for ``vlmad.data.synth.draw``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,131 +47,15 @@ FRUIT_AREA_256 = 1800.0
 TOPPINGS_AREA_256 = 1300.0
 
 
-def draw_rounded_rect(
-    arr: np.ndarray, x0: float, y0: float, x1: float, y1: float, r: float, value: float | tuple[float, ...]
-) -> None:
-    """Fill the rectangle [x0, x1] x [y0, y1] with corners rounded by radius ``r`` into ``arr`` (in place)."""
-    r = max(1, round(r))
-    x0, y0, x1, y1 = round(x0), round(y0), round(x1), round(y1)
-    cv2.rectangle(arr, (x0 + r, y0), (x1 - r, y1), value, -1)
-    cv2.rectangle(arr, (x0, y0 + r), (x1, y1 - r), value, -1)
-    for cx, cy in ((x0 + r, y0 + r), (x1 - r, y0 + r), (x0 + r, y1 - r), (x1 - r, y1 - r)):
-        cv2.circle(arr, (cx, cy), r, value, -1)
-
-
-def rounded_rect_mask(size: int, x0: float, y0: float, x1: float, y1: float, r: float) -> np.ndarray:
-    """Boolean mask of the rectangle [x0, x1] x [y0, y1] with corners rounded by radius ``r``."""
-    m = np.zeros((size, size), np.uint8)
-    draw_rounded_rect(m, x0, y0, x1, y1, r, 1)
-    return m.view(bool)
-
-
-def bbox_slices(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
-    """Row and column slices of the bounding box of ``mask`` grown by ``pad`` (clipped to the image)."""
-    x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
-    h, w = mask.shape
-    return slice(max(0, y - pad), min(h, y + bh + pad)), slice(max(0, x - pad), min(w, x + bw + pad))
-
-
-def where_phrase(mask: np.ndarray) -> str:
-    """``draw.location_phrase`` as an adverbial: "in the upper left of the image", "on the left side"..."""
-    loc = draw.location_phrase(mask)
-    return f"on the {loc} of the image" if loc.endswith("side") else f"in the {loc} of the image"
-
-
 def _gray_jitter(rng: np.random.Generator, color: tuple[int, int, int], amount: float) -> np.ndarray:
     """``color`` with a common brightness jitter and a small per-channel one (no strong hue shifts)."""
     c = np.asarray(color, np.float32) + rng.normal(0.0, amount) + rng.normal(0.0, amount * 0.25, 3)
     return np.clip(c, 0, 255).astype(np.float32)
 
 
-def local_defect(
-    drawer: Callable[..., np.ndarray],
-    img: np.ndarray,
-    rng: np.random.Generator,
-    within: np.ndarray,
-    reach: float,
-    **kwargs: Any,
-) -> np.ndarray:
-    """Run a ``draw`` defect drawer (``scratch``, ``contamination``...) on a window of half size ``reach``
-    around a random pixel of ``within`` instead of the whole image; returns the full-size mask.
-
-    The drawers work on whole-image masks, which costs milliseconds; a window keeps it cheap. Pass every
-    size-dependent argument (length, width, radius) explicitly: the drawers derive defaults from the
-    window's size.
-    """
-    x, y = draw.random_point_in(rng, within)
-    r = max(2, round(reach))
-    sl = (slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
-    full = np.zeros(within.shape, bool)
-    full[sl] = drawer(img[sl], rng, within[sl], **kwargs)
-    return full
-
-
-def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int = 6) -> np.ndarray:
-    """Smooth float32 noise of about [-1, 1]: like :func:`draw.noise_field`, but the bicubic upsampling runs
-    at a quarter of the resolution and a bilinear one finishes it (ten times faster, same look)."""
-    h, w = shape
-    grid = rng.random((max(2, cells), max(2, cells)), dtype=np.float32) * 2 - 1
-    mid = cv2.resize(grid, (max(2, w // 4), max(2, h // 4)), interpolation=cv2.INTER_CUBIC)
-    return cv2.resize(mid, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def fast_fill(
-    img: np.ndarray,
-    mask: np.ndarray,
-    color: tuple[int, int, int] | tuple[float, ...] | np.ndarray,
-    rng: np.random.Generator,
-    amp: float = 8.0,
-    cells: int = 6,
-    grain: float = 3.0,
-) -> None:
-    """Fill ``mask`` with ``color`` modulated by smooth noise (``amp``) and pixel grain (``grain``, standard
-    deviation), like :func:`draw.textured_fill`.
-
-    Works on the bounding box of ``mask`` only and in uint8 OpenCV arithmetic (several times faster); ``amp``
-    plus ``grain`` must stay below about 100.
-    """
-    sl = bbox_slices(mask)
-    sub = img[sl]
-    m = mask[sl]
-    h, w = m.shape
-    if h == 0 or w == 0:
-        return
-    f8 = cv2.convertScaleAbs(smooth_noise(rng, (h, w), cells), alpha=float(amp), beta=128.0)
-    offset = 128.0
-    if grain > 0:
-        spread = round(grain * 3.464)  # a uniform variable on [0, spread] has standard deviation ``grain``
-        f8 = cv2.add(f8, rng.integers(0, spread + 1, (h, w), dtype=np.uint8))
-        offset += spread / 2
-    c = [float(v) - offset for v in np.asarray(color, np.float64)[:3]]
-    layer = cv2.add(cv2.merge((f8, f8, f8)), (c[0], c[1], c[2], 0.0))
-    cv2.copyTo(layer, m.view(np.uint8), sub)
-
-
-def scale_pixels(
-    img: np.ndarray, factor: np.ndarray, mask: np.ndarray | None = None, add: np.ndarray | None = None
-) -> None:
-    """In place: ``img = img * factor (+ add)`` where ``mask`` (everywhere if None), saturated to uint8.
-
-    ``img`` is an (H, W, 3) uint8 array or view; ``factor`` (in [0, 2)) and ``add`` (in [0, 255]) are float
-    arrays broadcastable to (H, W): a full map, one row (per column) or one column (per row).
-    """
-    h, w = img.shape[:2]
-    f8 = cv2.convertScaleAbs(np.broadcast_to(np.asarray(factor, np.float32), (h, w)), alpha=127.0)
-    out = cv2.multiply(img, cv2.merge((f8, f8, f8)), scale=1.0 / 127.0)
-    if add is not None:
-        a8 = cv2.convertScaleAbs(np.broadcast_to(np.asarray(add, np.float32), (h, w)))
-        out = cv2.add(out, cv2.merge((a8, a8, a8)))
-    if mask is None:
-        img[...] = out
-    else:
-        cv2.copyTo(out, mask.view(np.uint8), img)
-
-
 def shade_sphere(img: np.ndarray, mask: np.ndarray, center: tuple[float, float], radius: float) -> None:
     """Shade the round object ``mask`` like a lit sphere (light from the upper left, soft specular spot)."""
-    sl = bbox_slices(mask)
+    sl = draw.bbox_slices(mask)
     ys = np.arange(sl[0].start, sl[0].stop, dtype=np.float32)[:, None]
     xs = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)[None, :]
     nx = (xs - center[0]) / radius
@@ -185,26 +64,20 @@ def shade_sphere(img: np.ndarray, mask: np.ndarray, center: tuple[float, float],
     lam = np.clip(nx * -0.49 + ny * -0.6 + nz * 0.76, 0.0, 1.0)
     factor = 0.45 + 0.7 * lam
     spec = np.clip(lam - 0.9, 0.0, 1.0) * 350.0
-    scale_pixels(img[sl], factor, mask[sl], spec)
+    draw.scale_pixels(img[sl], factor, mask[sl], spec)
 
 
-def _cast_shadow(img: np.ndarray, mask: np.ndarray, offset: int, strength: float = 0.7) -> None:
-    """Darken the pixels of ``mask`` shifted by ``offset`` down and right (a soft drop shadow)."""
-    if offset <= 0:
-        return
-    sl = bbox_slices(mask, pad=3 * offset)
-    m = mask[sl]
-    sh = np.zeros(m.shape, np.float32)
-    sh[offset:, offset:] = m[:-offset, :-offset]
-    sh = cv2.GaussianBlur(sh, (0, 0), max(1.0, offset / 1.5))
-    scale_pixels(img[sl], 1.0 - (1.0 - strength) * np.clip(sh * 1.4, 0, 1))
+def _cast_shadow(img: np.ndarray, mask: np.ndarray, offset: float, darkness: float) -> None:
+    """A soft drop shadow of ``mask`` about ``offset`` pixels down and right (edge blur grows with it)."""
+    off = max(1, round(offset))
+    draw.drop_shadow(img, mask, (off, off), blur=max(1.0, off / 1.5), darkness=darkness)
 
 
 def granola_texture(
     img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, s: float, base: np.ndarray
 ) -> None:
     """Paint granola into ``mask``: toasted lumps with darker gaps, lighter oat flakes and grain."""
-    sl = bbox_slices(mask)
+    sl = draw.bbox_slices(mask)
     sub = img[sl]
     gm = mask[sl]
     h, w = gm.shape
@@ -275,8 +148,7 @@ class BreakfastBox(Category):
         if defect is not None:
             self.spec(defect)
         s = float(size)
-        img = np.empty((size, size, 3), np.uint8)
-        fast_fill(img, np.ones((size, size), bool), _gray_jitter(rng, (60, 63, 70), 8), rng, amp=6, cells=5)
+        img = draw.background(rng, size, _gray_jitter(rng, (60, 63, 70), 8), amp=6, cells=5)
         bg_ref = img.copy()
         box = self._draw_box(img, rng, size)
 
@@ -327,7 +199,7 @@ class BreakfastBox(Category):
         # --- defects ---------------------------------------------------------------------------
         if defect in ("missing_fruit", "extra_fruit", "wrong_fruit"):
             assert special is not None and special.mask is not None
-            m, kind, where = special.mask, special.kind, where_phrase(special.mask)
+            m, kind, where = special.mask, special.kind, draw.where_phrase(special.mask)
             text = {
                 "missing_fruit": f"A {kind} is missing from the fruit compartment, {where}.",
                 "extra_fruit": f"There is an extra {kind} in the fruit compartment, {where}.",
@@ -350,27 +222,25 @@ class BreakfastBox(Category):
                 Region(
                     defect,
                     m,
-                    f"Granola has spilt over the divider into the fruit compartment {where_phrase(m)}.",
+                    f"Granola has spilt over the divider into the fruit compartment {draw.where_phrase(m)}.",
                 )
             )
         elif defect == "box_damage":
             m = self._box_damage(img, rng, box, bg_ref, size)
-            regions.append(Region(defect, m, f"The wall of the box is damaged {where_phrase(m)}."))
+            regions.append(Region(defect, m, f"The wall of the box is damaged {draw.where_phrase(m)}."))
         elif defect == "contamination":
             rad = s * rng.uniform(0.02, 0.035)
-            m = local_defect(draw.contamination, img, rng, box.box & ~fruit_union, 3 * rad, radius=rad)
-            regions.append(Region(defect, m, f"There is a foreign stain in the box {where_phrase(m)}."))
+            m = draw.contamination(img, rng, box.box & ~fruit_union, radius=rad)
+            regions.append(Region(defect, m, f"There is a foreign stain in the box {draw.where_phrase(m)}."))
         elif defect == "bruised_fruit":
             f = fruits[int(rng.integers(len(fruits)))]
             assert f.mask is not None
             m = self._bruise(img, rng, f, s)
-            regions.append(Region(defect, m, f"The {f.kind} {where_phrase(f.mask)} has a dark bruise."))
+            regions.append(Region(defect, m, f"The {f.kind} {draw.where_phrase(f.mask)} has a dark bruise."))
         elif defect == "scratch":
             ln, wd = s * rng.uniform(0.1, 0.18), max(1, round(s / 128))
-            m = local_defect(
-                draw.scratch, img, rng, box.box & ~granola & ~fruit_union, ln, length=ln, width=wd
-            )
-            regions.append(Region(defect, m, f"There is a scratch on the box {where_phrase(m)}."))
+            m = draw.scratch(img, rng, box.box & ~granola & ~fruit_union, length=ln, width=wd)
+            regions.append(Region(defect, m, f"There is a scratch on the box {draw.where_phrase(m)}."))
 
         n_mand = sum(f.kind == "mandarin" for f in fruits)
         n_nect = sum(f.kind == "nectarine" for f in fruits)
@@ -405,22 +275,22 @@ class BreakfastBox(Category):
         wall = s * rng.uniform(0.032, 0.04)
         # LOCO's box: the fruit side is slightly narrower than the granola side.
         xm = x0 + w * rng.uniform(0.45, 0.48)
-        box = rounded_rect_mask(size, x0, y0, x1, y1, s * 0.03)
-        _cast_shadow(img, box, max(1, round(s * 0.015)), 0.55)
+        box = draw.rounded_rect_mask(size, x0, y0, x1, y1, s * 0.03)
+        _cast_shadow(img, box, s * 0.015, 0.45)
         tone = _gray_jitter(rng, (232, 228, 216), 6)
-        fast_fill(img, box, tone, rng, amp=5, cells=6, grain=2.0)
+        draw.textured_fill(img, box, tone, rng, amp=5, cells=6, grain=2.0)
         left_rect = (x0 + wall, y0 + wall, xm - wall / 2, y1 - wall)
         right_rect = (xm + wall / 2, y0 + wall, x1 - wall, y1 - wall)
-        left = rounded_rect_mask(size, *left_rect, s * 0.018)
-        right = rounded_rect_mask(size, *right_rect, s * 0.018)
+        left = draw.rounded_rect_mask(size, *left_rect, s * 0.018)
+        right = draw.rounded_rect_mask(size, *right_rect, s * 0.018)
         off = max(1, round(s * 0.012))
         factor = np.ones((size, size), np.float32)
         for rx0, ry0, rx1, ry1 in (left_rect, right_rect):
             # the floor lies lower than the rim; the wall casts a shadow on its upper and left edge
-            draw_rounded_rect(factor, rx0, ry0, rx1, ry1, s * 0.018, 0.74)
-            draw_rounded_rect(factor, rx0 + off, ry0 + off, rx1, ry1, s * 0.018, 0.92)
-        sl = bbox_slices(box)
-        scale_pixels(img[sl], factor[sl])
+            draw.fill_rounded_rect(factor, rx0, ry0, rx1, ry1, s * 0.018, 0.74)
+            draw.fill_rounded_rect(factor, rx0 + off, ry0 + off, rx1, ry1, s * 0.018, 0.92)
+        sl = draw.bbox_slices(box)
+        draw.scale_pixels(img[sl], factor[sl])
         return _Box(box, left, right, left_rect, right_rect)
 
     @staticmethod
@@ -463,15 +333,12 @@ class BreakfastBox(Category):
             axes = (r * (1.1 if ratio < 0.8 else 1.0), r * ratio)
             color, grain = draw.jitter_color(rng, base, 8), 3.0 if f.kind != "kiwi" else 9.0
         mask = draw.ellipse_mask(size, f.center, axes, ang)
-        _cast_shadow(img, mask, max(1, round(s * 0.012)), 0.6)
-        sl = bbox_slices(mask)
-        fast_fill(img, mask, color, rng, amp=8, cells=5, grain=grain)
+        _cast_shadow(img, mask, s * 0.012, 0.4)
+        sl = draw.bbox_slices(mask)
+        draw.textured_fill(img, mask, color, rng, amp=8, cells=5, grain=grain)
         if blush is not None:
-            sub = img[sl].astype(np.float32)
-            a = draw.noise_field(rng, sub.shape[:2], 4) * 0.7 + 0.55
-            a = np.clip(a, 0, 1)[..., None]
-            mixed = sub * (1 - a) + np.asarray(blush, np.float32) * a
-            cv2.copyTo(mixed.astype(np.uint8), mask[sl].view(np.uint8), img[sl])
+            a = np.clip(draw.noise_field(rng, mask[sl].shape, 4) * 0.7 + 0.55, 0, 1)
+            draw.blend(img[sl], blush, a, mask[sl])
         if f.kind == "nectarine":  # the suture line of a stone fruit
             t = np.linspace(-0.8, 0.8, 9)
             ca, sa = np.cos(np.radians(ang + 90)), np.sin(np.radians(ang + 90))
@@ -485,8 +352,8 @@ class BreakfastBox(Category):
             )
             line = np.zeros(mask[sl].shape, np.uint8)
             origin = np.array([sl[1].start, sl[0].start])
-            cv2.polylines(line, [np.round(pts - origin).astype(np.int32)], False, 1, max(1, round(s / 200)))
-            scale_pixels(img[sl], np.float32(0.86), line.view(bool) & mask[sl])
+            draw.polyline(line, pts - origin, 1, max(1, round(s / 200)))
+            draw.scale_pixels(img[sl], 0.86, line.view(bool) & mask[sl])
         shade_sphere(img, mask, f.center, r)
         # stem / calyx
         sx = f.center[0] + rng.uniform(-0.15, 0.15) * r
@@ -503,7 +370,9 @@ class BreakfastBox(Category):
         size = img.shape[0]
         x0, y0, x1, y1 = box.right_rect
         inset = s * 0.008
-        gran = rounded_rect_mask(size, x0 + inset, y0 + inset, x1 - inset, y1 - inset, s * 0.02) & box.right
+        gran = (
+            draw.rounded_rect_mask(size, x0 + inset, y0 + inset, x1 - inset, y1 - inset, s * 0.02) & box.right
+        )
         granola_texture(img, gran, rng, s, tone)
         return gran
 
@@ -515,7 +384,7 @@ class BreakfastBox(Category):
         chip_r = s * 0.027
         alm = (s * 0.024, s * 0.013)
         k = max(1, round(chip_r * 1.1))
-        inner = cv2.erode(granola.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)).astype(bool)
+        inner = draw.erode(granola, k)
         ys, xs = np.nonzero(inner)
         placed: list[tuple[float, float]] = []
         items = ["chip"] * n_chips + ["almond"] * n_almonds
@@ -571,7 +440,7 @@ class BreakfastBox(Category):
         pts = draw.blob_points(rng, (cx, cy), r, n=14, irregularity=0.3)
         pts[:, 0] = np.minimum(pts[:, 0], box.right_rect[0] + r * 0.6)
         spill = draw.polygon_mask(size, pts) & box.box
-        _cast_shadow(img, spill, max(1, round(s * 0.008)), 0.65)
+        _cast_shadow(img, spill, s * 0.008, 0.35)
         granola_texture(img, spill, rng, s, tone)
         # a few flakes and crumbs scattered around the heap
         for _ in range(int(r)):
@@ -593,7 +462,7 @@ class BreakfastBox(Category):
         if rng.random() < 0.5:
             return draw.crack(img, rng, wall, length=s * rng.uniform(0.06, 0.1))
         # a torn notch: pick a point on the outer edge and bite an irregular piece out of the rim
-        edge = wall & ~cv2.erode(box.box.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        edge = wall & ~draw.erode(box.box)
         x, y = draw.random_point_in(rng, edge)
         r = s * rng.uniform(0.025, 0.035)
         bite = draw.polygon_mask(size, draw.blob_points(rng, (x, y), r, n=10, irregularity=0.4))
@@ -602,7 +471,7 @@ class BreakfastBox(Category):
             return draw.crack(img, rng, wall)
         img[bite] = bg[bite]
         # a dark torn edge around the bite, inside the box
-        rim = cv2.dilate(bite.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & box.box & ~bite
+        rim = draw.dilate(bite) & box.box & ~bite
         img[rim] = (img[rim].astype(np.float32) * 0.55).astype(np.uint8)
         return bite | rim
 
@@ -616,15 +485,9 @@ class BreakfastBox(Category):
             img.shape[0], (cx, cy), (r, r * rng.uniform(0.6, 0.9)), float(rng.uniform(0, 180))
         )
         m &= f.mask
-        sl = bbox_slices(m, pad=1)
-        sub = img[sl].astype(np.float32)
+        sl = draw.bbox_slices(m, pad=1)
         yy, xx = np.mgrid[sl[0], sl[1]].astype(np.float32)
         d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / r
-        a = (
-            np.clip(1.5 - d, 0.55, 0.95)[..., None]
-            * (1 + 0.25 * draw.noise_field(rng, d.shape, 3))[..., None]
-        )
-        bruise = np.asarray(draw.jitter_color(rng, (74, 40, 18), 6), np.float32)
-        out = np.clip(sub * (1 - a) + bruise * a, 0, 255).astype(np.uint8)
-        img[sl][m[sl]] = out[m[sl]]
+        a = np.clip(1.5 - d, 0.55, 0.95) * (1 + 0.25 * draw.noise_field(rng, d.shape, 3))
+        draw.blend(img[sl], draw.jitter_color(rng, (74, 40, 18), 6), a, m[sl])
         return m

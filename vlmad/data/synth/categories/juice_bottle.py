@@ -25,13 +25,6 @@ import numpy as np
 
 from vlmad.data.synth import draw
 from vlmad.data.synth.base import Category, DefectSpec, Region, Scene
-from vlmad.data.synth.categories.breakfast_box import (
-    bbox_slices,
-    draw_rounded_rect,
-    fast_fill,
-    local_defect,
-    where_phrase,
-)
 
 # Juice colours (RGB, jittered per image) and the colour of the fruit icon for each kind.
 _JUICE = {
@@ -100,9 +93,8 @@ class JuiceBottle(Category):
         if defect is not None:
             self.spec(defect)
         s = float(size)
-        img = np.empty((size, size, 3), np.uint8)
         tone = np.clip(np.array([34, 36, 42], np.float32) + rng.normal(0, 5), 0, 255)
-        fast_fill(img, np.ones((size, size), bool), tone, rng, amp=7, cells=4, grain=2.5)
+        img = draw.background(rng, size, tone, amp=7, cells=4, grain=2.5)
         bg = img.copy()
 
         k = rng.uniform(0.96, 1.03)
@@ -122,7 +114,7 @@ class JuiceBottle(Category):
         interior = draw.polygon_mask(size, g.outline(g.glass, top_inset=g.glass, bottom_inset=s * 0.02))
 
         # --- glass: the background seen through a faintly tinted bottle ------------------------------
-        sl = bbox_slices(bottle, pad=2)
+        sl = draw.bbox_slices(bottle, pad=2)
         sub = img[sl]
         glass = sub.astype(np.float32) * 0.55 + np.array([150, 165, 172], np.float32) * 0.45
         glass_rim = bottle[sl] & ~interior[sl]
@@ -145,7 +137,7 @@ class JuiceBottle(Category):
         juice_mask = interior.copy()
         juice_mask[: round(y_fill)] = False
         jcol = np.clip(np.asarray(_JUICE[juice], np.float32) + rng.normal(0, 6, 3), 0, 255)
-        fast_fill(img, juice_mask, jcol, rng, amp=9, cells=4, grain=2.0)
+        draw.textured_fill(img, juice_mask, jcol, rng, amp=9, cells=4, grain=2.0)
         yf = round(y_fill)
         hwf = float(g.half_width(np.array([y_fill]))[0] - g.glass)
         surface = tuple(float(c) for c in np.minimum(255, jcol * 1.25 + 25))
@@ -167,7 +159,7 @@ class JuiceBottle(Category):
                 dy = -s * rng.uniform(0.055, 0.075)
             if mode in (1, 2):
                 angle = float(rng.choice([-1, 1])) * rng.uniform(10.0, 18.0)
-        nominal_front = draw.polygon_mask(size, _rect_points(label_nominal, label_w, label_h, 0.0))
+        nominal_front = draw.polygon_mask(size, _centred_rect(label_nominal, label_w, label_h))
         front = icon = None
         if defect != "missing_label":
             front, icon = self._draw_label(
@@ -178,7 +170,7 @@ class JuiceBottle(Category):
             g.cx + s * rng.uniform(-0.004, 0.004),
             g.y_bottom - s * 0.12 - bl_h / 2 + s * rng.uniform(-0.004, 0.004),
         )
-        nominal_bottom = draw.polygon_mask(size, _rect_points(bl_c, bl_w, bl_h, 0.0))
+        nominal_bottom = draw.polygon_mask(size, _centred_rect(bl_c, bl_w, bl_h))
         bottom = None
         if defect != "missing_bottom_label":
             bottom = self._draw_bottom_label(img, rng, bl_c, bl_w, bl_h, s)
@@ -210,7 +202,7 @@ class JuiceBottle(Category):
                 Region(
                     defect,
                     icon,
-                    f"The label shows {_article(icon_fruit)} {icon_fruit} but the bottle "
+                    f"The label shows {draw.article(icon_fruit)} {icon_fruit} but the bottle "
                     f"holds {juice} juice.",
                 )
             )
@@ -233,16 +225,18 @@ class JuiceBottle(Category):
             dark = float(jcol.mean()) < 110
             col = draw.jitter_color(rng, (214, 206, 150) if dark else (48, 36, 24), 10)
             rad = s * rng.uniform(0.014, 0.022)
-            m = local_defect(draw.contamination, img, rng, visible, 3 * rad, radius=rad, color=col)
-            regions.append(Region(defect, m, f"A foreign particle floats in the juice {where_phrase(m)}."))
+            m = draw.contamination(img, rng, visible, radius=rad, color=col)
+            regions.append(
+                Region(defect, m, f"A foreign particle floats in the juice {draw.where_phrase(m)}.")
+            )
         elif defect == "damaged_label":
             assert front is not None
             m = self._tear(img, rng, front, s)
-            regions.append(Region(defect, m, f"The front label is torn {where_phrase(m)}."))
+            regions.append(Region(defect, m, f"The front label is torn {draw.where_phrase(m)}."))
         elif defect == "scratch":
             ln, wd = s * rng.uniform(0.08, 0.14), max(1, round(s / 128))
-            m = local_defect(draw.scratch, img, rng, bottle & ~labels, ln, length=ln, width=wd)
-            regions.append(Region(defect, m, f"There is a scratch on the glass {where_phrase(m)}."))
+            m = draw.scratch(img, rng, bottle & ~labels, length=ln, width=wd)
+            regions.append(Region(defect, m, f"There is a scratch on the glass {draw.where_phrase(m)}."))
         elif defect == "broken_cap":
             m = self._break_cap(img, rng, cap, bg, s)
             regions.append(Region(defect, m, "A piece is broken out of the cap of the bottle."))
@@ -261,7 +255,7 @@ class JuiceBottle(Category):
         if defect is None:
             description = (
                 f"A juice bottle filled with {juice} juice up to the neck, with a front label showing "
-                f"{_article(juice)} {juice} and a small label below it; nothing is missing, misplaced or "
+                f"{draw.article(juice)} {juice} and a small label below it; nothing is missing, misplaced or "
                 "damaged."
             )
         else:
@@ -289,8 +283,8 @@ class JuiceBottle(Category):
         cx, cy = center
         x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
         paper = tuple(float(c) for c in draw.jitter_color(rng, (240, 236, 222), 4))
-        draw_rounded_rect(layer, x0, y0, x1, y1, s * 0.01, paper)
-        draw_rounded_rect(lmask, x0, y0, x1, y1, s * 0.01, 1)
+        draw.fill_rounded_rect(layer, x0, y0, x1, y1, s * 0.01, paper)
+        draw.fill_rounded_rect(lmask, x0, y0, x1, y1, s * 0.01, 1)
         # a thin coloured frame
         frame = (60, 110, 60)
         inset = s * 0.012
@@ -336,7 +330,9 @@ class JuiceBottle(Category):
         m = np.zeros((size, size), np.uint8)
         cv2.rectangle(m, (round(x0), round(y0)), (round(x1), round(y1)), 1, -1)
         mask = m.view(bool)
-        fast_fill(img, mask, draw.jitter_color(rng, (228, 222, 204), 4), rng, amp=3, cells=3, grain=1.5)
+        draw.textured_fill(
+            img, mask, draw.jitter_color(rng, (228, 222, 204), 4), rng, amp=3, cells=3, grain=1.5
+        )
         # a coloured stripe and a short "text"
         cv2.rectangle(
             img, (round(x0), round(y0 + h * 0.12)), (round(x1), round(y0 + h * 0.22)), (60, 110, 60), -1
@@ -354,14 +350,12 @@ class JuiceBottle(Category):
     @staticmethod
     def _shade_bottle(img: np.ndarray, bottle: np.ndarray, g: _Geometry) -> None:
         """Cylinder shading across the bottle and a soft vertical highlight on its left."""
-        sl = bbox_slices(bottle)
+        sl = draw.bbox_slices(bottle)
         xs = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)
         u = (xs - g.cx) / g.hw
         factor = 1.0 - 0.38 * np.clip(np.abs(u), 0, 1) ** 3
         highlight = 70.0 * np.exp(-(((u + 0.55) / 0.09) ** 2)) + 25.0 * np.exp(-(((u - 0.62) / 0.05) ** 2))
-        sub = img[sl]
-        out = sub.astype(np.float32) * factor[None, :, None] + highlight[None, :, None]
-        np.copyto(sub, np.clip(out, 0, 255).astype(np.uint8), where=bottle[sl][..., None])
+        draw.scale_pixels(img[sl], factor[None, :], bottle[sl], highlight[None, :])
 
     @staticmethod
     def _draw_cap(img: np.ndarray, rng: np.random.Generator, g: _Geometry, s: float) -> np.ndarray:
@@ -370,20 +364,18 @@ class JuiceBottle(Category):
         cw = g.nw * 1.22
         y0, y1 = g.y_top - s * 0.065, g.y_top + s * 0.012
         m = np.zeros((size, size), np.uint8)
-        draw_rounded_rect(m, g.cx - cw, y0, g.cx + cw, y1, s * 0.008, 1)
+        draw.fill_rounded_rect(m, g.cx - cw, y0, g.cx + cw, y1, s * 0.008, 1)
         mask = m.view(bool)
         base = draw.jitter_color(
             rng, [(190, 192, 196), (200, 168, 70), (70, 72, 78)][int(rng.integers(3))], 6
         )
-        fast_fill(img, mask, base, rng, amp=5, cells=3, grain=2.0)
-        sl = bbox_slices(mask)
+        draw.textured_fill(img, mask, base, rng, amp=5, cells=3, grain=2.0)
+        sl = draw.bbox_slices(mask)
         xs = np.arange(sl[1].start, sl[1].stop, dtype=np.float32)
         u = (xs - g.cx) / cw
         ribs = 1.0 + 0.12 * np.sin(xs * (2 * np.pi / max(2.0, s / 90)))
         factor = (1.0 - 0.45 * np.abs(u) ** 2) * ribs + 0.25 * np.exp(-(((u + 0.45) / 0.15) ** 2))
-        sub = img[sl]
-        out = np.clip(sub.astype(np.float32) * factor[None, :, None], 0, 255).astype(np.uint8)
-        np.copyto(sub, out, where=mask[sl][..., None])
+        draw.scale_pixels(img[sl], factor[None, :], mask[sl])
         # a dark seam between cap and glass
         cv2.line(img, (round(g.cx - cw), round(y1)), (round(g.cx + cw), round(y1)), (40, 40, 40), 1)
         return mask
@@ -403,13 +395,13 @@ class JuiceBottle(Category):
         torn = draw.polygon_mask(img.shape[:2], pts) & label
         if not torn.any():
             return draw.crack(img, rng, label)
-        sl = bbox_slices(torn, pad=2)
+        sl = draw.bbox_slices(torn, pad=2)
         sub = img[sl]
         beneath = np.asarray(draw.jitter_color(rng, (150, 120, 90), 8), np.float32)
         out = np.clip(sub.astype(np.float32) * 0.35 + beneath * 0.5, 0, 255).astype(np.uint8)
         np.copyto(sub, out, where=torn[sl][..., None])
         # the paper edge of the tear: a bright fibrous rim around the hole on the remaining label
-        edge = cv2.dilate(torn.astype(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & label & ~torn
+        edge = draw.dilate(torn) & label & ~torn
         img[edge] = (250, 248, 240)
         return torn | edge
 
@@ -428,18 +420,14 @@ class JuiceBottle(Category):
         if not piece.any():
             piece = draw.ellipse_mask(img.shape[:2], (px, top + 1), (r, r)) & cap
         np.copyto(img, bg, where=piece[..., None])
-        edge = cv2.dilate(piece.astype(np.uint8), np.ones((3, 3), np.uint8)).view(bool) & cap & ~piece
+        edge = draw.dilate(piece) & cap & ~piece
         img[edge] = (img[edge].astype(np.float32) * 0.45).astype(np.uint8)
         return piece | edge
 
 
-def _rect_points(center: tuple[float, float], w: float, h: float, angle: float) -> np.ndarray:
-    """Corners (4, 2) of a ``w`` x ``h`` rectangle around ``center`` rotated by ``angle`` degrees."""
-    return cv2.boxPoints(((center[0], center[1]), (w, h), angle))
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def _centred_rect(center: tuple[float, float], w: float, h: float) -> np.ndarray:
+    """Corners (4, 2) of the upright ``w`` x ``h`` rectangle around ``center`` (a label's footprint)."""
+    return draw.rect_points(center[0] - w / 2, center[1] - h / 2, center[0] + w / 2, center[1] + h / 2)
 
 
 def _draw_icon(

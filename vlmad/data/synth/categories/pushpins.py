@@ -26,16 +26,10 @@ Structural anomalies
 Defect choices draw from a second generator seeded from the first, so the structural defects (and
 ``wrong_color``) are drawn on exactly the normal scene of the same seed: their pixels differ from it only
 inside the regions. Region masks include the anti-aliased fringe of what the defect drew.
-
-The module also holds small generic drawing helpers that ``screw_bag`` reuses (and that could move to
-``draw``): :func:`fixed`/:func:`fixed_pt` (sub-pixel OpenCV coordinates), :func:`smooth_field`,
-:func:`fast_background` (about five times faster than ``draw.background``) and :func:`stroke` (an
-anti-aliased polyline whose pixels depend only on the distance to the line).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -44,13 +38,17 @@ import numpy as np
 
 from vlmad.data.synth import draw
 from vlmad.data.synth.base import Category, DefectSpec, Region, Scene
+from vlmad.data.synth.draw import ONE, SHIFT, fixed, fixed_pt
 
 ROWS = 3
 COLS = 5
 
-SHIFT = 4  # sub-pixel bits for OpenCV drawing (coordinates are multiplied by 16)
-ONE = 1 << SHIFT
 _AA = cv2.LINE_AA
+# Elliptical parts of a pin: (position along the pin, half-axis along it, half-axis across it), as
+# fractions of the pin's length.
+_CAP = (0.04, 0.03, 0.115)  # the rounded back end of the grip
+_DISC = (0.535, 0.035, 0.21)  # the flat disc (flange) between grip and needle
+_DISC_HIGHLIGHT = (0.53, 0.018, 0.13)
 
 #: Area in pixels of one pushpin at 256 x 256 (measured over many renders: grip + disc + needle). A missing
 #: pin's region is its whole compartment, and sPRO saturates at one pin's area, as MVTec LOCO does.
@@ -76,26 +74,6 @@ _DIRT_COLORS: tuple[tuple[int, int, int], ...] = (
     (205, 205, 210),
     (160, 150, 70),
 )
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
-
-
-def _where(mask: np.ndarray) -> str:
-    """``"in the upper left"`` / ``"on the left side"`` / ``"in the centre"`` (of the image)."""
-    loc = draw.location_phrase(mask)
-    return f"on the {loc}" if loc.endswith("side") else f"in the {loc}"
-
-
-def fixed(pts: np.ndarray) -> np.ndarray:
-    """Float (N, 2) pixel coordinates -> int32 fixed-point coordinates for OpenCV calls with ``SHIFT``."""
-    return np.rint(np.asarray(pts, np.float64) * ONE).astype(np.int32)
-
-
-def fixed_pt(p: np.ndarray) -> tuple[int, int]:
-    """One point as a fixed-point ``(x, y)`` tuple for OpenCV calls with ``SHIFT``."""
-    return round(float(p[0]) * ONE), round(float(p[1]) * ONE)
 
 
 @dataclass(eq=False)
@@ -137,6 +115,22 @@ class _Pin:
         grow = 1.15  # the grip widens a little towards the disc
         return np.stack([self.at(t0, s0), self.at(t1, s0 * grow), self.at(t1, s1 * grow), self.at(t0, s1)])
 
+    def ellipse(
+        self,
+        img: np.ndarray,
+        part: tuple[float, float, float],
+        color: tuple[int, int, int] | int,
+        s: float = 0.0,
+        line_type: int = _AA,
+    ) -> None:
+        """Fill an elliptical ``part`` (``_CAP``, ``_DISC``...: position ``t`` along the pin and half-axes
+        along and across it, all fractions of the length), moved ``s`` across the pin."""
+        t, a, b = part
+        L = self.length
+        axes = (round(a * L * ONE), round(b * L * ONE))
+        ang = float(np.rad2deg(self.angle))
+        cv2.ellipse(img, fixed_pt(self.at(t, s)), axes, ang, 0, 360, color, -1, line_type, SHIFT)
+
     def needle_points(self) -> list[np.ndarray]:
         """Polyline of the needle: from the disc to its end (bent tip as a second segment)."""
         start = self.at(0.55)
@@ -175,15 +169,15 @@ class Pushpins(Category):
         drng = np.random.default_rng(rng.integers(2**63))
         s = size
         geo = _BoxGeometry(rng, s)
-        img = fast_background(rng, s, draw.jitter_color(rng, (30, 30, 34), 4), amp=6.0, grain=5.0)
+        img = draw.background(rng, s, draw.jitter_color(rng, (30, 30, 34), 4), amp=6.0, cells=5, grain=1.5)
 
         # --- the box: transparent plastic -> a light haze over the dark surface, with a soft sheen
         box = draw.polygon_mask(s, geo.world(geo.outer_poly()))
         haze = draw.jitter_color(rng, (150, 156, 165), 6)
         alpha = float(rng.uniform(0.14, 0.22))
-        sheen = smooth_field(rng, s, 4, 10.0 / alpha)  # +-10 grey levels after blending
-        layer = cv2.merge([cv2.convertScaleAbs(np.maximum(sheen + float(c), 0.0)) for c in haze])
-        np.copyto(img, cv2.addWeighted(img, 1 - alpha, layer, alpha, 0.0), where=box[..., None])
+        sheen = draw.background(rng, s, haze, amp=10.0 / alpha, cells=4, grain=0)  # +-10 after blending
+        sl = draw.bbox_slices(box)
+        draw.blend(img[sl], sheen[sl], alpha, box[sl])
 
         # --- which compartments hold how many pins (the logical rule: exactly one each)
         counts = np.ones((ROWS, COLS), int)
@@ -301,7 +295,8 @@ class Pushpins(Category):
                 Region(
                     defect,
                     m,
-                    f"The head of the pushpin in {where} has {_article(spot[0])} {spot[0]} discoloured spot.",
+                    f"The head of the pushpin in {where} has {draw.article(spot[0])} {spot[0]} discoloured "
+                    "spot.",
                 )
             )
         elif defect == "contamination":
@@ -319,12 +314,14 @@ class Pushpins(Category):
             pins_all = np.zeros((s, s), bool)
             for p in pins:
                 pins_all |= _pin_mask(s, p)
-            k = np.ones((5, 5), np.uint8)
-            keep_out = cv2.dilate(pins_all.astype(np.uint8), k).astype(bool)
-            within = geo.floor_mask() & ~keep_out
+            within = geo.floor_mask() & ~draw.dilate(pins_all, 2)
             m = draw.scratch(img, drng, within, length=s * float(drng.uniform(0.07, 0.13)))
             regions.append(
-                Region(defect, m, f"There is a scratch on the floor of the pushpin box, {_where(m)}.")
+                Region(
+                    defect,
+                    m,
+                    f"There is a scratch on the floor of the pushpin box, {draw.where_phrase(m, of=None)}.",
+                )
             )
 
         all_colors = colors + [_NORMAL_COLOR[0]] * len(extra_pins)
@@ -380,23 +377,9 @@ class _BoxGeometry:
         """Image pixels (N, 2) -> box-frame points."""
         return (np.asarray(pts, np.float64) - self.center) @ self.rot
 
-    @staticmethod
-    def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
-
     def outer_poly(self) -> np.ndarray:
         """The box outline with slightly rounded corners (box frame)."""
-        r = self.rim * 0.9
-        pts = []
-        for cx, cy, a0 in (
-            (self.hw - r, -self.hh + r, -90),
-            (self.hw - r, self.hh - r, 0),
-            (-self.hw + r, self.hh - r, 90),
-            (-self.hw + r, -self.hh + r, 180),
-        ):
-            for a in np.deg2rad(np.linspace(a0, a0 + 90, 5)):
-                pts.append((cx + r * np.cos(a), cy + r * np.sin(a)))
-        return np.array(pts)
+        return draw.rounded_rect_points(-self.hw, -self.hh, self.hw, self.hh, self.rim * 0.9, steps=5)
 
     def cell(self, r: int, c: int) -> tuple[float, float, float, float]:
         """Interior rectangle (x0, y0, x1, y1) of compartment (r, c) in the box frame."""
@@ -405,14 +388,14 @@ class _BoxGeometry:
         return x0, y0, x0 + self.cw, y0 + self.ch
 
     def compartment_mask(self, r: int, c: int) -> np.ndarray:
-        return draw.polygon_mask(self.size, self.world(self._rect(*self.cell(r, c))))
+        return draw.polygon_mask(self.size, self.world(draw.rect_points(*self.cell(r, c))))
 
     def floor_mask(self) -> np.ndarray:
         """All compartment interiors."""
         m = np.zeros((self.size, self.size), np.uint8)
         cv2.fillPoly(
             m,
-            [fixed(self.world(self._rect(*self.cell(r, c)))) for r in range(ROWS) for c in range(COLS)],
+            [fixed(self.world(draw.rect_points(*self.cell(r, c)))) for r in range(ROWS) for c in range(COLS)],
             1,
             cv2.LINE_8,
             SHIFT,
@@ -436,23 +419,22 @@ class _BoxGeometry:
         x0, y0, x1, y1 = self.cell(i, j)
         e = self.sep if full else 0.0
         if kind == "v":
-            return self._rect(x1, y0 - e, x1 + self.sep, y1 + e)
-        return self._rect(x0 - e, y1, x1 + e, y1 + self.sep)
+            return draw.rect_points(x1, y0 - e, x1 + self.sep, y1 + e)
+        return draw.rect_points(x0 - e, y1, x1 + e, y1 + self.sep)
 
     def wall_mask(self, kind: str, i: int, j: int) -> np.ndarray:
         """Footprint of a missing separator, widened by one pixel on each side."""
         m = np.zeros((self.size, self.size), np.uint8)
         cv2.fillPoly(m, [fixed(self.world(self.wall_rect(kind, i, j, full=False)))], 1, cv2.LINE_8, SHIFT)
-        m = cv2.dilate(m, np.ones((3, 3), np.uint8))
-        return m.astype(bool)
+        return draw.dilate(m)
 
     def draw_walls(
         self, img: np.ndarray, rng: np.random.Generator, missing: tuple[str, int, int] | None
     ) -> None:
         """Separators (every one except ``missing``) and the rim: clear plastic with a bright edge."""
         wall = draw.jitter_color(rng, (112, 118, 128), 6)
-        light = tuple(min(255, int(v * 0.35 + 170)) for v in wall)
-        dark = tuple(int(v * 0.55) for v in wall)
+        light = draw.mix(wall, (255, 255, 255), 0.66)
+        dark = draw.shade(wall, 0.55)
         walls = [("v", i, j) for i in range(ROWS) for j in range(COLS - 1)]
         walls += [("h", i, j) for i in range(ROWS - 1) for j in range(COLS)]
         walls = [w for w in walls if w != missing]
@@ -467,13 +449,13 @@ class _BoxGeometry:
         # rim: outer outline minus the interior rectangle
         outer = self.world(self.outer_poly())
         inner = self.world(
-            self._rect(-self.hw + self.rim, -self.hh + self.rim, self.hw - self.rim, self.hh - self.rim)
+            draw.rect_points(-self.hw + self.rim, -self.hh + self.rim, self.hw - self.rim, self.hh - self.rim)
         )
         rim = np.zeros(img.shape[:2], np.uint8)
         cv2.fillPoly(rim, [fixed(outer)], 1, cv2.LINE_8, SHIFT)
         cv2.fillPoly(rim, [fixed(inner)], 0, cv2.LINE_8, SHIFT)
-        rim_col = np.full_like(img, [min(255, round(v * 1.12)) for v in wall])
-        np.copyto(img, cv2.addWeighted(img, 0.25, rim_col, 0.75, 0.0), where=rim.astype(bool)[..., None])
+        sl = draw.bbox_slices(rim)
+        draw.blend(img[sl], draw.shade(wall, 1.12), 0.75, rim[sl])
         cv2.polylines(img, [fixed(inner)], True, light, 1, _AA, SHIFT)
         cv2.polylines(img, [fixed(outer)], True, dark, 1, _AA, SHIFT)
         # a long specular streak along the upper rim
@@ -543,79 +525,14 @@ class _BoxGeometry:
         return pins[0], pins[1]
 
 
-# ---------------------------------------------------------------------- fast textures
-def smooth_field(rng: np.random.Generator, size: int, cells: int, amp: float) -> np.ndarray:
-    """Smooth ``size`` x ``size`` float32 noise in [-amp, amp] (a random grid upsampled bilinearly: fast)."""
-    grid = rng.uniform(-amp, amp, (cells, cells)).astype(np.float32)
-    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def fast_background(
-    rng: np.random.Generator, size: int, color: tuple[int, int, int], amp: float = 6.0, grain: float = 4.0
-) -> np.ndarray:
-    """Like :func:`draw.background` (smooth texture plus pixel grain), about five times faster.
-
-    The grain is uniform in [-grain/2, grain/2] from random bytes; the texture is bilinear from a 5 x 5 grid.
-    """
-    f = smooth_field(rng, size, 5, amp)
-    g = np.frombuffer(rng.bytes(size * size), np.uint8).reshape(size, size)
-    f = cv2.scaleAdd(g.astype(np.float32), grain / 255.0, f)
-    f -= grain / 2
-    return cv2.merge([cv2.convertScaleAbs(np.maximum(f + float(c), 0.0)) for c in color])
-
-
-def stroke(img: np.ndarray, pts: np.ndarray, layers: list[tuple[float, tuple[int, int, int]]]) -> None:
-    """Draw an anti-aliased polyline through ``pts`` (N, 2) with exact per-pixel coverage.
-
-    ``layers`` are (width, colour) pairs painted in order (e.g. a body, then a thinner highlight). Unlike
-    ``cv2.polylines`` the result depends only on each pixel's distance to the line, so a polyline cut short
-    or bent at some point draws the very same pixels as the full straight one everywhere away from that
-    point (a defect then changes pixels only near where it is).
-    """
-    h, w = img.shape[:2]
-    pad = max(wd for wd, _ in layers) / 2 + 1.5
-    x0, y0 = np.floor(pts.min(axis=0) - pad).astype(int)
-    x1, y1 = np.ceil(pts.max(axis=0) + pad).astype(int) + 1
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-    if x0 >= x1 or y0 >= y1:
-        return
-    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    dist = None
-    for a, b in itertools.pairwise(pts):
-        ab = b - a
-        t = np.clip(((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / max(1e-9, float(ab @ ab)), 0.0, 1.0)
-        dd = np.hypot(xs - (a[0] + t * ab[0]), ys - (a[1] + t * ab[1]))
-        dist = dd if dist is None else np.minimum(dist, dd)
-    patch = img[y0:y1, x0:x1].astype(np.float32)
-    for width, color in layers:
-        alpha = np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)[..., None]
-        patch += (np.asarray(color, np.float32) - patch) * alpha
-    img[y0:y1, x0:x1] = (patch + 0.5).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------- pins
 def _draw_shadows(img: np.ndarray, pins: list[_Pin]) -> None:
-    """Soft drop shadows of the pins' heads, offset down-right, darkening what lies below."""
-    sh = np.zeros(img.shape[:2], np.uint8)
+    """Hard drop shadows of the pins' heads (grip and disc), offset down-right, darkening what lies below."""
+    heads = np.zeros(img.shape[:2], bool)
     for p in pins:
-        L = p.length
-        off = np.array([1.0, 1.0]) * max(1.0, L * 0.05)
-        cv2.fillPoly(sh, [fixed(p.grip_poly() + off)], 1, cv2.LINE_8, SHIFT)
-        cv2.ellipse(
-            sh,
-            fixed_pt(p.at(0.535) + off),
-            (round(0.035 * L * ONE), round(0.21 * L * ONE)),
-            np.rad2deg(p.angle),
-            0,
-            360,
-            1,
-            -1,
-            cv2.LINE_8,
-            SHIFT,
-        )
-    dark = (img >> 1) + (img >> 3)  # x 0.625
-    np.copyto(img, dark, where=sh.astype(bool)[..., None])
+        heads |= _pin_mask(img.shape[0], p, needle=False)
+    off = max(1, round(float(np.mean([p.length for p in pins])) * 0.05))
+    draw.drop_shadow(img, heads, (off, off), darkness=0.375)
 
 
 def _draw_pin(img: np.ndarray, p: _Pin) -> None:
@@ -627,14 +544,16 @@ def _draw_pin(img: np.ndarray, p: _Pin) -> None:
     size = img.shape[0]
     nw = max(1, round(size / 110))
     col = np.asarray(p.color, np.float64)
-    hi = tuple(int(v) for v in col * 0.45 + 255 * 0.55)
-    lo = tuple(int(v) for v in col * 0.62)
-    base = tuple(int(v) for v in col)
+    hi = draw.mix(col, (255, 255, 255), 0.55)
+    lo = draw.shade(col, 0.62)
+    base = draw.shade(col, 1.0)
 
     # needle (under the disc)
     pts = p.needle_points()
     steel, steel_hi = (168, 170, 176), (232, 234, 238)
-    stroke(img, np.array(pts), [(nw, steel), (max(1.0, nw * 0.4), steel_hi)] if nw > 1 else [(nw, steel)])
+    draw.stroke(
+        img, np.array(pts), [(nw, steel), (max(1.0, nw * 0.4), steel_hi)] if nw > 1 else [(nw, steel)]
+    )
     if p.needle_end < 1.0:  # broken: a short jagged, darker stub end
         e = pts[-1]
         cv2.line(
@@ -648,18 +567,7 @@ def _draw_pin(img: np.ndarray, p: _Pin) -> None:
         )
 
     # grip: base, shaded side, highlight stripe, back cap, grooves
-    cv2.ellipse(
-        img,
-        fixed_pt(p.at(0.04)),
-        (round(0.03 * L * ONE), round(0.115 * L * ONE)),
-        np.rad2deg(p.angle),
-        0,
-        360,
-        lo,
-        -1,
-        _AA,
-        SHIFT,
-    )
+    p.ellipse(img, _CAP, lo)
     cv2.fillPoly(img, [fixed(p.grip_poly())], base, _AA, SHIFT)
     lo_s = (-0.115, -0.06) if hs > 0 else (0.06, 0.115)
     hi_s = (0.02, 0.065) if hs > 0 else (-0.065, -0.02)
@@ -667,32 +575,9 @@ def _draw_pin(img: np.ndarray, p: _Pin) -> None:
     cv2.fillPoly(img, [fixed(p.grip_poly(*hi_s, t0=0.06, t1=0.47))], hi, _AA, SHIFT)
     for t in (0.12, 0.18):
         cv2.line(img, fixed_pt(p.at(t, -0.11)), fixed_pt(p.at(t, 0.11)), lo, 1, _AA, SHIFT)
-    # disc: a flat flange seen edge-on
-    ang = np.rad2deg(p.angle)
-    cv2.ellipse(
-        img,
-        fixed_pt(p.at(0.535)),
-        (round(0.035 * L * ONE), round(0.21 * L * ONE)),
-        ang,
-        0,
-        360,
-        lo,
-        -1,
-        _AA,
-        SHIFT,
-    )
-    cv2.ellipse(
-        img,
-        fixed_pt(p.at(0.53, 0.04 * hs)),
-        (round(0.018 * L * ONE), round(0.13 * L * ONE)),
-        ang,
-        0,
-        360,
-        hi,
-        -1,
-        _AA,
-        SHIFT,
-    )
+    # disc: a flat flange seen edge-on, with a highlight on its lit side
+    p.ellipse(img, _DISC, lo)
+    p.ellipse(img, _DISC_HIGHLIGHT, hi, s=0.04 * hs)
 
 
 def _pin_mask(size: int, p: _Pin, needle: bool = True, flange: bool = True, grow: bool = False) -> np.ndarray:
@@ -700,41 +585,15 @@ def _pin_mask(size: int, p: _Pin, needle: bool = True, flange: bool = True, grow
 
     ``grow`` adds the anti-aliased fringe (two pixels), so the mask covers every pixel the pin drew.
     """
-    L = p.length
     m = np.zeros((size, size), np.uint8)
     cv2.fillPoly(m, [fixed(p.grip_poly())], 1, cv2.LINE_8, SHIFT)
-    ang = np.rad2deg(p.angle)
-    cv2.ellipse(
-        m,
-        fixed_pt(p.at(0.04)),
-        (round(0.03 * L * ONE), round(0.115 * L * ONE)),
-        ang,
-        0,
-        360,
-        1,
-        -1,
-        cv2.LINE_8,
-        SHIFT,
-    )
+    p.ellipse(m, _CAP, 1, line_type=cv2.LINE_8)
     if flange:
-        cv2.ellipse(
-            m,
-            fixed_pt(p.at(0.535)),
-            (round(0.035 * L * ONE), round(0.21 * L * ONE)),
-            ang,
-            0,
-            360,
-            1,
-            -1,
-            cv2.LINE_8,
-            SHIFT,
-        )
+        p.ellipse(m, _DISC, 1, line_type=cv2.LINE_8)
     if needle:
         nw = max(1, round(size / 110))
         cv2.polylines(m, [fixed(np.array(p.needle_points()))], False, 1, nw, cv2.LINE_8, SHIFT)
-    if grow:
-        m = cv2.dilate(m, np.ones((5, 5), np.uint8))
-    return m.astype(bool)
+    return draw.dilate(m, 2) if grow else m.view(bool)
 
 
 def _needle_mask(size: int, p: _Pin, t0: float, dilate: int = 1) -> np.ndarray:

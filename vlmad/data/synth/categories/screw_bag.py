@@ -38,7 +38,7 @@ import numpy as np
 
 from vlmad.data.synth import draw
 from vlmad.data.synth.base import Category, DefectSpec, Region, Scene
-from vlmad.data.synth.categories.pushpins import ONE, SHIFT, fast_background, fixed, fixed_pt
+from vlmad.data.synth.draw import ONE, SHIFT, fixed, fixed_pt
 
 _AA = cv2.LINE_AA
 _LIGHT = np.array([-0.6, -0.8])  # direction towards the light in image coordinates (from the upper left)
@@ -60,23 +60,6 @@ _REPLACED_NAME = {"nut": "hexagon nuts", "washer": "plain washers"}
 #: Mean area in pixels of one part (long screw, short screw, nut, washer equally weighted) at 256 x 256,
 #: measured over many renders. A missing part saturates sPRO at this many pixels.
 PART_AREA_256 = 650.0
-
-
-def _where(mask: np.ndarray, of: str = " of the bag") -> str:
-    """``"in the upper left of the bag"`` / ``"on the left side of the bag"`` / ``"in the centre ..."``."""
-    loc = draw.location_phrase(mask)
-    return f"on the {loc}{of}" if loc.endswith("side") else f"in the {loc}{of}"
-
-
-def _shade(color: np.ndarray, k: float) -> tuple[int, int, int]:
-    c = np.clip(np.asarray(color, np.float64) * k, 0, 255)
-    return int(c[0]), int(c[1]), int(c[2])
-
-
-def _tint(color: np.ndarray, k: float) -> tuple[int, int, int]:
-    """``color`` moved towards white by ``k`` (0..1)."""
-    c = np.asarray(color, np.float64) * (1 - k) + 255 * k
-    return int(c[0]), int(c[1]), int(c[2])
 
 
 @dataclass(eq=False)
@@ -213,7 +196,7 @@ class _Part:
             self._draw_screw(img, metal)
             return
         c, r = self.center, self.radius
-        edge = _shade(metal, 0.45)
+        edge = draw.shade(metal, 0.45)
         if self.kind in ("nut", "square_nut"):
             poly = self.outline()[0]
             k = len(poly)
@@ -222,11 +205,11 @@ class _Part:
                 a, b = poly[i], poly[(i + 1) % k]
                 mid = (a + b) / 2 - c
                 nrm = mid / max(1e-9, float(np.linalg.norm(mid)))
-                tris.append((np.stack([c, a, b]), _shade(metal, 0.82 + 0.32 * float(nrm @ _LIGHT))))
+                tris.append((np.stack([c, a, b]), draw.shade(metal, 0.82 + 0.32 * float(nrm @ _LIGHT))))
             for tri, col in tris:
                 cv2.fillPoly(img, [fixed(tri)], col, _AA, SHIFT)
             top = 0.82 if self.kind == "nut" else 0.7
-            cv2.circle(img, fixed_pt(c), round(r * top * ONE), _shade(metal, 1.05), -1, _AA, SHIFT)
+            cv2.circle(img, fixed_pt(c), round(r * top * ONE), draw.shade(metal, 1.05), -1, _AA, SHIFT)
             cv2.polylines(img, [fixed(poly)], True, edge, 1, _AA, SHIFT)
             hr = self.hole_radius()
             cv2.circle(holes, fixed_pt(c), round(hr * ONE), 1, -1, cv2.LINE_8, SHIFT)
@@ -234,7 +217,7 @@ class _Part:
                 img,
                 fixed_pt(c),
                 round((hr + 0.06 * r) * ONE),
-                _shade(metal, 0.4),
+                draw.shade(metal, 0.4),
                 max(1, round(0.12 * r)),
                 _AA,
                 SHIFT,
@@ -242,17 +225,18 @@ class _Part:
             return
         # washers: a ring lit on the upper left, dark on the lower right
         if self.kind == "lock_washer":
-            cv2.fillPoly(img, [fixed(self.outline()[0])], _shade(metal, 0.95), _AA, SHIFT)
+            cv2.fillPoly(img, [fixed(self.outline()[0])], draw.shade(metal, 0.95), _AA, SHIFT)
             cv2.polylines(img, [fixed(self.outline()[0])], True, edge, 1, _AA, SHIFT)
             ring_r = 0.65 * r
         else:
-            cv2.circle(img, fixed_pt(c), round(r * ONE), _shade(metal, 0.95), -1, _AA, SHIFT)
+            cv2.circle(img, fixed_pt(c), round(r * ONE), draw.shade(metal, 0.95), -1, _AA, SHIFT)
             ring_r = 0.75 * r
         light_deg = float(np.rad2deg(np.arctan2(_LIGHT[1], _LIGHT[0])))
         th = max(1, round(0.22 * r))
         axes = (round(ring_r * ONE), round(ring_r * ONE))
-        cv2.ellipse(img, fixed_pt(c), axes, light_deg, -55, 55, _tint(metal, 0.55), th, _AA, SHIFT)
-        cv2.ellipse(img, fixed_pt(c), axes, light_deg + 180, -55, 55, _shade(metal, 0.7), th, _AA, SHIFT)
+        lit = draw.mix(metal, (255, 255, 255), 0.55)
+        cv2.ellipse(img, fixed_pt(c), axes, light_deg, -55, 55, lit, th, _AA, SHIFT)
+        cv2.ellipse(img, fixed_pt(c), axes, light_deg + 180, -55, 55, draw.shade(metal, 0.7), th, _AA, SHIFT)
         if self.kind == "washer":
             cv2.circle(img, fixed_pt(c), round(r * ONE), edge, 1, _AA, SHIFT)
         hr = self.hole_radius()
@@ -263,10 +247,11 @@ class _Part:
         back, joint, segs = self.screw_points()
         _, hw = self.head
         d = self.d
-        base, dark, light = _shade(metal, 0.92), _shade(metal, 0.5), _tint(metal, 0.6)
+        base, dark = draw.shade(metal, 0.92), draw.shade(metal, 0.5)
+        light = draw.mix(metal, (255, 255, 255), 0.6)
         # head, seen from the side: a middle face and two darker side faces of the hexagon
-        cv2.fillPoly(img, [fixed(self._quad(back, joint, hw))], _shade(metal, 0.75), _AA, SHIFT)
-        cv2.fillPoly(img, [fixed(self._quad(back, joint, hw * 0.5))], _shade(metal, 1.08), _AA, SHIFT)
+        cv2.fillPoly(img, [fixed(self._quad(back, joint, hw))], draw.shade(metal, 0.75), _AA, SHIFT)
+        cv2.fillPoly(img, [fixed(self._quad(back, joint, hw * 0.5))], draw.shade(metal, 1.08), _AA, SHIFT)
         cv2.polylines(img, [fixed(self._quad(back, joint, hw))], True, dark, 1, _AA, SHIFT)
         polys = self.outline()[1:]
         cv2.fillPoly(img, [fixed(p) for p in polys], base, _AA, SHIFT)
@@ -287,7 +272,7 @@ class _Part:
         cv2.polylines(img, [fixed(p) for p in lines_hi], False, light, max(1, round(d * 0.18)), _AA, SHIFT)
         cv2.polylines(img, threads, False, dark, 1, _AA, SHIFT)
         for p in polys:
-            cv2.polylines(img, [fixed(p)], True, _shade(metal, 0.55), 1, _AA, SHIFT)
+            cv2.polylines(img, [fixed(p)], True, draw.shade(metal, 0.55), 1, _AA, SHIFT)
 
 
 class ScrewBag(Category):
@@ -315,7 +300,7 @@ class ScrewBag(Category):
         drng = np.random.default_rng(rng.integers(2**63))
         s = size
         bag = _Bag(rng, s)
-        img = fast_background(rng, s, draw.jitter_color(rng, (206, 205, 200), 5), amp=6.0, grain=5.0)
+        img = draw.background(rng, s, draw.jitter_color(rng, (206, 205, 200), 5), amp=6.0, cells=5, grain=1.5)
 
         # --- what goes in the bag
         kinds = [k for k, n in NORMAL_COUNTS.items() for _ in range(n)]
@@ -358,13 +343,7 @@ class ScrewBag(Category):
             bent.bend = sign * amount
             while bag.room(bent.circles(), np.zeros((0, 3))) < 0 and abs(bent.bend) > 0.1:
                 bent.bend *= 0.7  # never bend out of the bag
-                c = bent.circles()
-                d = (
-                    np.linalg.norm(c[:, None, :2] - others[None, :, :2], axis=2)
-                    - c[:, None, 2]
-                    - others[None, :, 2]
-                )
-                gaps.append(float(d.min()))
+                gaps.append(_clearance(bent.circles(), others))
             free = [g >= 0 for g in gaps]
             sign = float(drng.choice([1.0, -1.0])) if all(free) else (1.0 if gaps[0] >= gaps[1] else -1.0)
             bent.bend = sign * amount
@@ -383,7 +362,13 @@ class ScrewBag(Category):
         if defect == "part_scratch":
             p = parts[int(drng.integers(len(parts)))]
             m = _scratch_part(img, drng, p)
-            regions.append(Region(defect, m, f"There is a scratch on the {_NOUNS[p.kind][0]} {_where(m)}."))
+            regions.append(
+                Region(
+                    defect,
+                    m,
+                    f"There is a scratch on the {_NOUNS[p.kind][0]} {draw.where_phrase(m, of='the bag')}.",
+                )
+            )
 
         # --- the bag film over everything inside it
         pre_film = img.copy()
@@ -391,12 +376,8 @@ class ScrewBag(Category):
 
         if defect == "missing_part":
             assert missing_kind is not None
-            present = np.zeros((s, s), np.uint8)
-            for p in parts:
-                present |= p.mask(s).astype(np.uint8)
-            k = max(3, round(s * 0.02)) | 1
-            present = cv2.dilate(present, np.ones((k, k), np.uint8))
-            free = bag.interior_mask() & ~present.astype(bool)
+            present = draw.dilate(_parts_mask(s, parts), max(3, round(s * 0.02)) // 2)
+            free = bag.interior_mask() & ~present
             n_left = NORMAL_COUNTS[missing_kind] - 1
             noun, plural = _NOUNS[missing_kind]
             if n_left == 0:
@@ -413,9 +394,8 @@ class ScrewBag(Category):
             n = NORMAL_COUNTS[p.kind]
             m = p.mask(s)
             now, normal = draw.count_words(n + 1, noun, plural), draw.count_words(n, noun, plural)
-            text = (
-                f"There is an additional {noun} {_where(m)}: the screw bag holds {now} instead of {normal}."
-            )
+            where = draw.where_phrase(m, of="the bag")
+            text = f"There is an additional {noun} {where}: the screw bag holds {now} instead of {normal}."
             regions.append(Region(defect, m, text))
         elif defect == "wrong_screw_length":
             noun = _NOUNS[screws[0].kind][0]
@@ -425,8 +405,8 @@ class ScrewBag(Category):
                     Region(
                         defect,
                         m,
-                        f"The {noun} {_where(m)} is one of two {noun}s; the bag should hold one "
-                        "long and one short screw.",
+                        f"The {noun} {draw.where_phrase(m, of='the bag')} is one of two {noun}s; the bag "
+                        "should hold one long and one short screw.",
                     )
                 )
         elif defect == "wrong_part":
@@ -438,13 +418,20 @@ class ScrewBag(Category):
                 Region(
                     defect,
                     m,
-                    f"A {_NOUNS[foreign][0]} {_where(m)} replaces one of the two {_REPLACED_NAME[replaced]}.",
+                    f"A {_NOUNS[foreign][0]} {draw.where_phrase(m, of='the bag')} replaces one of the two "
+                    f"{_REPLACED_NAME[replaced]}.",
                 )
             )
         elif defect == "bent_screw":
             p = next(q for q in screws if q.bend)
             m = _bent_region(s, p) & bag.mask
-            regions.append(Region(defect, m, f"The {_NOUNS[p.kind][0]} {_where(p.mask(s))} is bent."))
+            regions.append(
+                Region(
+                    defect,
+                    m,
+                    f"The {_NOUNS[p.kind][0]} {draw.where_phrase(p.mask(s), of='the bag')} is bent.",
+                )
+            )
         elif defect == "contamination":
             col = draw.jitter_color(
                 drng, [(70, 50, 30), (45, 45, 45), (150, 120, 40), (95, 120, 60)][int(drng.integers(4))], 8
@@ -452,14 +439,15 @@ class ScrewBag(Category):
             m = draw.contamination(
                 img, drng, bag.interior_mask(), radius=s * float(drng.uniform(0.016, 0.03)), color=col
             )
-            regions.append(Region(defect, m, f"There is a contamination on the screw bag {_where(m, '')}."))
+            regions.append(
+                Region(
+                    defect, m, f"There is a contamination on the screw bag {draw.where_phrase(m, of=None)}."
+                )
+            )
         elif defect == "bag_broken":
-            keep_out = np.zeros((s, s), np.uint8)
-            for p in parts:
-                keep_out |= p.mask(s).astype(np.uint8)
-            keep_out = cv2.dilate(keep_out, np.ones((5, 5), np.uint8))
-            m = bag.tear(img, pre_film, drng, bag.interior_mask() & ~keep_out.astype(bool))
-            regions.append(Region(defect, m, f"The screw bag is torn {_where(m, '')}."))
+            keep_out = draw.dilate(_parts_mask(s, parts), 2)
+            m = bag.tear(img, pre_film, drng, bag.interior_mask() & ~keep_out)
+            regions.append(Region(defect, m, f"The screw bag is torn {draw.where_phrase(m, of=None)}."))
 
         counts = {k: sum(p.kind == k for p in parts) for k in (*NORMAL_COUNTS, *_REPLACES)}
         facts = {
@@ -518,7 +506,7 @@ def _scratch_part(img: np.ndarray, rng: np.random.Generator, p: _Part) -> np.nda
             continue
         tone = float(rng.uniform(232, 250))
         img[mb] = np.array([tone, tone, min(255.0, tone + 3)], np.uint8)
-        return cv2.dilate(mb.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & p.mask(s)
+        return draw.dilate(mb) & p.mask(s)
     raise RuntimeError("part_scratch: could not place a scratch on the part")
 
 
@@ -527,17 +515,25 @@ def _halfplane(size: int, origin: np.ndarray, u: np.ndarray) -> np.ndarray:
     return ((xs - origin[0]) * u[0] + (ys - origin[1]) * u[1]) >= 0
 
 
+def _clearance(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest gap in pixels between the circles (N, 3) ``a`` and (M, 3) ``b`` (negative: they overlap)."""
+    d = np.linalg.norm(a[:, None, :2] - b[None, :, :2], axis=2) - a[:, None, 2] - b[None, :, 2]
+    return float(d.min())
+
+
+def _parts_mask(size: int, parts: list[_Part]) -> np.ndarray:
+    """The union of the footprints of ``parts``."""
+    m = np.zeros((size, size), bool)
+    for p in parts:
+        m |= p.mask(size)
+    return m
+
+
 def _draw_shadows(img: np.ndarray, parts: list[_Part]) -> None:
     """Soft shadows of the parts, offset down-right, darkening the surface by up to a third."""
     s = img.shape[0]
-    off = np.array([1.0, 1.2]) * s * 0.008
-    m = np.zeros((s, s), np.uint8)
-    for p in parts:
-        cv2.fillPoly(m, [fixed(q + off) for q in p.outline()], 255, cv2.LINE_8, SHIFT)
-    k = max(3, round(s / 60)) | 1
-    m = cv2.GaussianBlur(m, (k, k), 0)
-    factor = cv2.cvtColor(255 - (m // 3), cv2.COLOR_GRAY2RGB)
-    cv2.multiply(img, factor, dst=img, scale=1 / 255)
+    offset = (max(1, round(s * 0.008)), max(1, round(s * 0.0096)))
+    draw.drop_shadow(img, _parts_mask(s, parts), offset, blur=max(0.8, s / 230), darkness=1 / 3)
 
 
 # ---------------------------------------------------------------------- the bag
@@ -579,7 +575,7 @@ class _Bag:
 
     def interior_mask(self) -> np.ndarray:
         x0, y0, x1, y1 = self.interior_local()
-        return draw.polygon_mask(self.size, self.world(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])))
+        return draw.polygon_mask(self.size, self.world(draw.rect_points(x0, y0, x1, y1)))
 
     def place(
         self,
@@ -610,13 +606,7 @@ class _Bag:
             part = _Part(kind, self.world(c_local[None])[0], ang, float(s), bend=bend, bend_at=bend_at)
             if not len(have):
                 return part
-            circ = part.circles()
-            dist = (
-                np.linalg.norm(circ[:, None, :2] - have[None, :, :2], axis=2)
-                - circ[:, None, 2]
-                - have[None, :, 2]
-            )
-            gap = float(dist.min())
+            gap = _clearance(part.circles(), have)
             if gap >= s * 0.012:
                 return part
             if gap > best_gap:
@@ -634,8 +624,7 @@ class _Bag:
         )
         gap = float(edge.min())
         if len(others):
-            d = np.linalg.norm(circles[:, None, :2] - others[None, :, :2], axis=2)
-            gap = min(gap, float((d - r[:, None] - others[None, :, 2]).min()))
+            gap = min(gap, _clearance(circles, others))
         return gap
 
     def draw_film(self, img: np.ndarray, rng: np.random.Generator) -> None:
@@ -689,12 +678,12 @@ class _Bag:
         cv2.add(img, cv2.cvtColor(lift, cv2.COLOR_GRAY2RGB), dst=img)
         # heat seal along the top: a denser band with fine ribs
         y0, y1 = -self.hh, -self.hh + self.seal
-        band = self.world(np.array([[-self.hw, y0], [self.hw, y0], [self.hw, y1], [-self.hw, y1]]))
+        band = self.world(draw.rect_points(-self.hw, y0, self.hw, y1))
         bm = np.zeros((s, s), np.uint8)
         cv2.fillPoly(bm, [fixed(band)], 1, cv2.LINE_8, SHIFT)
-        bm &= bag.astype(np.uint8)
-        sealed = cv2.addWeighted(img, 0.62, np.full_like(img, 238), 0.38, 0.0)
-        np.copyto(img, sealed, where=bm.astype(bool)[..., None])
+        seal = bm.view(bool) & bag
+        sl = draw.bbox_slices(seal)
+        draw.blend(img[sl], 238, 0.38, seal[sl])
         step = max(2.0, s / 90)
         ribs = [
             self.world(np.array([[-self.hw, y], [self.hw, y]]))
@@ -741,14 +730,14 @@ class _Bag:
             before = img.copy()
             np.copyto(img, (pre_film * 0.85).astype(np.uint8), where=m_hole[..., None])
             m_flap = draw.polygon_mask(s, flap)
-            folded = cv2.addWeighted(img, 0.45, np.full_like(img, 242), 0.55, 0.0)
-            np.copyto(img, folded, where=(m_flap & ~m_hole)[..., None])
+            folded = m_flap & ~m_hole
+            sl = draw.bbox_slices(folded)
+            draw.blend(img[sl], 242, 0.55, folded[sl])
             edge = max(1, round(s / 200))
             cv2.polylines(img, [fixed(hole)], True, (250, 250, 252), edge, _AA, SHIFT)
             cv2.polylines(img, [fixed(flap)], True, (215, 216, 220), 1, _AA, SHIFT)
-            region = (m_hole | m_flap).astype(np.uint8)
-            k = 2 * (edge // 2 + 2) + 1  # covers the anti-aliased torn edge drawn on the outline
-            region = cv2.dilate(region, np.ones((k, k), np.uint8)).astype(bool) & self.mask
+            # grown to cover the anti-aliased torn edge drawn on the outline
+            region = draw.dilate(m_hole | m_flap, edge // 2 + 2) & self.mask
             np.copyto(img, before, where=~region[..., None])  # the tear stays inside the bag
             return region
         raise RuntimeError("tear: could not place a tear in the bag")

@@ -53,63 +53,6 @@ _CABLE_AREA_256 = 1600.0
 _CONNECTOR_AREA_256 = 3700.0
 
 
-def _where(mask: np.ndarray) -> str:
-    """``draw.location_phrase`` turned into a phrase that fits after a noun ("in the upper left ...")."""
-    loc = draw.location_phrase(mask)
-    if loc == "centre":
-        return "in the centre of the image"
-    if loc.endswith("side"):
-        return f"on the {loc} of the image"
-    return f"in the {loc} of the image"
-
-
-def _num(n: int) -> str:
-    return draw.NUMBER_WORDS[n] if 0 <= n < len(draw.NUMBER_WORDS) else str(n)
-
-
-def _mix(a: draw.Color | np.ndarray, b: draw.Color | np.ndarray, t: float) -> draw.Color:
-    """``(1 - t) * a + t * b`` as an int colour."""
-    c = (1.0 - t) * np.asarray(a, np.float32) + t * np.asarray(b, np.float32)
-    c = np.clip(c, 0, 255)
-    return (int(c[0]), int(c[1]), int(c[2]))
-
-
-def _poly(img: np.ndarray, pts: np.ndarray, color: draw.Color | int) -> None:
-    cv2.fillPoly(img, [np.round(pts).astype(np.int32)], color, lineType=cv2.LINE_8)
-
-
-def _line(
-    img: np.ndarray, pts: np.ndarray, color: draw.Color | int, thickness: int, closed: bool = False
-) -> None:
-    cv2.polylines(
-        img,
-        [np.round(pts).astype(np.int32)],
-        closed,
-        color,
-        thickness=max(1, int(thickness)),
-        lineType=cv2.LINE_8,
-    )
-
-
-def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
-
-
-def _rounded_rect(w: float, h: float, r: float, steps: int = 4) -> np.ndarray:
-    """Vertices of a ``w`` x ``h`` rectangle centred at 0 with corners rounded by ``r``."""
-    r = min(r, w / 2, h / 2)
-    pts = []
-    for (cx, cy), a0 in (
-        ((w / 2 - r, h / 2 - r), 0.0),
-        ((-w / 2 + r, h / 2 - r), 0.5 * np.pi),
-        ((-w / 2 + r, -h / 2 + r), np.pi),
-        ((w / 2 - r, -h / 2 + r), 1.5 * np.pi),
-    ):
-        a = a0 + np.linspace(0, 0.5 * np.pi, steps)
-        pts.append(np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], axis=1))
-    return np.concatenate(pts)
-
-
 def _bezier(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray, n: int) -> np.ndarray:
     t = np.linspace(0.0, 1.0, n)[:, None]
     return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
@@ -120,36 +63,6 @@ def _normals(pts: np.ndarray) -> np.ndarray:
     d = np.gradient(pts, axis=0)
     d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
     return np.stack([-d[:, 1], d[:, 0]], axis=1)
-
-
-def _table(
-    rng: np.random.Generator, size: int, color: draw.Color, amp: float, cells: int, light: np.ndarray
-) -> np.ndarray:
-    """The grey table: ``color`` with smooth noise (``draw.noise_field``) and pixel grain, times ``light``.
-
-    Same texture as ``draw.background`` but built without a full-image boolean-mask copy (much faster);
-    ``light`` (HxW float32, 1 = unchanged) carries the soft shadows of the objects.
-    """
-    field = draw.noise_field(rng, (size, size), cells) * amp
-    field += (rng.random((size, size), dtype=np.float32) - 0.5) * 10.0  # grain, sd ~3
-    return cv2.merge([cv2.convertScaleAbs(cv2.multiply(field + float(c), light)) for c in color])
-
-
-def _fill_box(
-    img: np.ndarray, mask: np.ndarray, pts: np.ndarray, color: draw.Color, rng: np.random.Generator, **kw: Any
-) -> None:
-    """``draw.textured_fill`` restricted to the bounding box of polygon ``pts`` (same look, much faster)."""
-    h, w = mask.shape
-    x0, y0 = np.floor(pts.min(axis=0)).astype(int) - 1
-    x1, y1 = np.ceil(pts.max(axis=0)).astype(int) + 2
-    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-    if x1 > x0 and y1 > y0:
-        draw.textured_fill(img[y0:y1, x0:x1], mask[y0:y1, x0:x1], color, rng, **kw)
-
-
-def _dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
-    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
-    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
 
 
 @dataclass
@@ -202,11 +115,15 @@ class _Block:
         return np.array([np.cos(self.ang), np.sin(self.ang)]) * self.sign
 
     def body(self) -> np.ndarray:
-        return self.to_img(_rounded_rect(self.width, self.height, 4.0 * self.u))
+        return self.to_img(
+            draw.rounded_rect_points(
+                -self.width / 2, -self.height / 2, self.width / 2, self.height / 2, 4.0 * self.u, 4
+            )
+        )
 
     def lever(self, k: int) -> np.ndarray:
         w, y, h = self.width, self.row_y(k), self.pitch / 2 - 1.6 * self.u
-        return self.to_img(_rect(-w / 2 + 1.5 * self.u, y - h, -w / 2 + 0.55 * w, y + h))
+        return self.to_img(draw.rect_points(-w / 2 + 1.5 * self.u, y - h, -w / 2 + 0.55 * w, y + h))
 
 
 @dataclass
@@ -325,7 +242,10 @@ class SplicingConnectors(Category):
                 occ |= m
         grey = rng.uniform(112, 140)
         table_rgb = draw.jitter_color(rng, (grey, grey + 3, grey + 5), 3)
-        img = _table(rng, size, table_rgb, amp=7, cells=6, light=self._light(occ, u))
+        img = draw.background(rng, size, table_rgb, amp=7, cells=6, grain=3.0)
+        # soft shadows under and below-right of the objects
+        offset = (max(1, round(2 * u)), max(1, round(3 * u)))
+        draw.drop_shadow(img, occ, offset, blur=max(1.0, 1.4 * u), darkness=0.32)
         base = img.copy()  # table with shadows, used where the housing broke off
 
         # ---- connectors
@@ -376,8 +296,8 @@ class SplicingConnectors(Category):
         }
         if defect is None:
             desc = (
-                f"Two {_num(n)}-clamp splicing connectors joined by one {expected} cable that enters the "
-                f"{draw.ORDINALS[row]} clamp on both sides; nothing is missing or damaged."
+                f"Two {draw.number_word(n)}-clamp splicing connectors joined by one {expected} cable that "
+                f"enters the {draw.ORDINALS[row]} clamp on both sides; nothing is missing or damaged."
             )
             return Scene(img, foreground, [], desc, facts)
 
@@ -466,20 +386,11 @@ class SplicingConnectors(Category):
         m = np.zeros((size, size), np.uint8)
         t = cw + 2
         if cut is None:
-            _line(m, pts, 1, t)
+            draw.polyline(m, pts, 1, t)
         else:
-            _line(m, pts[: cut[0] + 1], 1, t)
-            _line(m, pts[cut[1] :], 1, t)
+            draw.polyline(m, pts[: cut[0] + 1], 1, t)
+            draw.polyline(m, pts[cut[1] :], 1, t)
         return m.astype(bool)
-
-    @staticmethod
-    def _light(occ: np.ndarray, u: float) -> np.ndarray:
-        """Light factor of the table (1 = lit): soft shadows under and below-right of the objects."""
-        dx, dy = max(1, round(2 * u)), max(1, round(3 * u))
-        sh = np.zeros(occ.shape, np.float32)
-        sh[dy:, dx:] = occ[:-dy, :-dx]
-        k = 2 * max(1, round(3 * u)) + 1
-        return 1.0 - 0.32 * cv2.GaussianBlur(sh, (k, k), 0)
 
     # ------------------------------------------------------------------------------------------ drawing
     @staticmethod
@@ -495,7 +406,7 @@ class SplicingConnectors(Category):
         """Transparent housing with clamp dividers, one orange lever per clamp, and wire entries."""
         u, w, n = b.u, b.width, b.n
         outline = b.body()
-        _fill_box(img, body, outline, draw.jitter_color(rng, body_rgb, 3), rng, amp=6, cells=3, grain=2)
+        draw.textured_fill(img, body, draw.jitter_color(rng, body_rgb, 3), rng, amp=6, cells=3, grain=2)
         t = max(1, round(u))
         ys = np.array([b.row_y(k) for k in range(n)])
         hl = b.pitch / 2 - 1.6 * u
@@ -520,9 +431,9 @@ class SplicingConnectors(Category):
         top, bot = -b.height / 2 + b.margin, b.height / 2 - b.margin
         fill(
             rects(-0.02 * w, np.array([top]), w / 2 - 2 * u, np.array([bot])),
-            _mix(body_rgb, (60, 64, 70), 0.12),
+            draw.mix(body_rgb, (60, 64, 70), 0.12),
         )
-        dark = _mix(body_rgb, (40, 44, 48), 0.45)
+        dark = draw.mix(body_rgb, (40, 44, 48), 0.45)
         if n > 1:  # dividers between clamps
             yd = top + np.arange(1, n) * b.pitch
             seg = np.stack(
@@ -536,14 +447,14 @@ class SplicingConnectors(Category):
                 img,
                 list(np.round(b.to_img(seg).reshape(-1, 2, 2)).astype(np.int32)),
                 False,
-                _mix(body_rgb, (40, 44, 48), 0.25),
+                draw.mix(body_rgb, (40, 44, 48), 0.25),
                 thickness=t,
             )
         # levers with a lit top edge, a shaded bottom edge and two grip ridges
         fill(rects(x0, ys - hl, x1, ys + hl), lever_rgb)
-        fill(rects(x0, ys - hl, x1, ys - hl + 1.6 * u), _mix(lever_rgb, (255, 255, 255), 0.35))
-        fill(rects(x0, ys + hl - 1.6 * u, x1, ys + hl), _mix(lever_rgb, (0, 0, 0), 0.3))
-        ridge = _mix(lever_rgb, (0, 0, 0), 0.35)
+        fill(rects(x0, ys - hl, x1, ys - hl + 1.6 * u), draw.mix(lever_rgb, (255, 255, 255), 0.35))
+        fill(rects(x0, ys + hl - 1.6 * u, x1, ys + hl), draw.mix(lever_rgb, (0, 0, 0), 0.3))
+        ridge = draw.mix(lever_rgb, (0, 0, 0), 0.35)
         for gx in (x0 + 3.5 * u, x0 + 6.5 * u):
             fill(rects(gx - 0.5 * t, ys - hl + 2.5 * u, gx + 0.5 * t, ys + hl - 2.5 * u), ridge)
         # wire entries: dark when empty; insulation and copper seen through the housing when plugged
@@ -551,30 +462,30 @@ class SplicingConnectors(Category):
         empty = np.array([k not in plugged for k in range(n)])
         if empty.any():
             ye = ys[empty]
-            fill(rects(0.22 * w, ye - hy, w / 2 - 1.5 * u, ye + hy), _mix(dark, (0, 0, 0), 0.3))
+            fill(rects(0.22 * w, ye - hy, w / 2 - 1.5 * u, ye + hy), draw.mix(dark, (0, 0, 0), 0.3))
         for k, rgb in plugged.items():
             y = ys[k : k + 1]
-            fill(rects(0.22 * w, y - hy, w / 2, y + hy), _mix(rgb, body_rgb, 0.3))
-            fill(rects(-0.04 * w, y - cy, 0.22 * w, y + cy), _mix(COPPER, body_rgb, 0.3))
-        _line(img, outline, dark, t, closed=True)
+            fill(rects(0.22 * w, y - hy, w / 2, y + hy), draw.mix(rgb, body_rgb, 0.3))
+            fill(rects(-0.04 * w, y - cy, 0.22 * w, y + cy), draw.mix(COPPER, body_rgb, 0.3))
+        draw.polyline(img, outline, dark, t, closed=True)
 
     @staticmethod
     def _draw_cable(img: np.ndarray, c: _Cable, cw: int, u: float, cut: tuple[int, int] | None) -> None:
         """A round insulated cable: dark outline, body colour, and a thin highlight along one side."""
         pieces = [c.pts] if cut is None else [c.pts[: cut[0] + 1], c.pts[cut[1] :]]
-        hi = _mix(c.rgb, (255, 255, 255), 0.45)
-        edge = _mix(c.rgb, (0, 0, 0), 0.45)
+        hi = draw.mix(c.rgb, (255, 255, 255), 0.45)
+        edge = draw.mix(c.rgb, (0, 0, 0), 0.45)
         for p in pieces:
-            _line(img, p, edge, cw + 2)
+            draw.polyline(img, p, edge, cw + 2)
         for p in pieces:
-            _line(img, p, c.rgb, cw)
+            draw.polyline(img, p, c.rgb, cw)
             if len(p) > 2:
-                _line(img, p[1:-1] + _normals(p)[1:-1] * (0.22 * cw), hi, max(1, round(0.28 * cw)))
+                draw.polyline(img, p[1:-1] + _normals(p)[1:-1] * (0.22 * cw), hi, max(1, round(0.28 * cw)))
 
     @staticmethod
     def _stripped_tip(img: np.ndarray, pts: np.ndarray, cw: int) -> None:
         """Bare copper end of a cable whose last point is ``pts[-1]`` (a cable not held by a clamp)."""
-        _line(img, SplicingConnectors._tip(pts, cw), COPPER, max(1, round(0.45 * cw)))
+        draw.polyline(img, SplicingConnectors._tip(pts, cw), COPPER, max(1, round(0.45 * cw)))
 
     @staticmethod
     def _tip(pts: np.ndarray, cw: int) -> np.ndarray:
@@ -585,23 +496,24 @@ class SplicingConnectors(Category):
     @staticmethod
     def _tip_mask(size: int, pts: np.ndarray, cw: int) -> np.ndarray:
         m = np.zeros((size, size), np.uint8)
-        _line(m, SplicingConnectors._tip(pts, cw), 1, max(1, round(0.45 * cw)) + 2)
+        draw.polyline(m, SplicingConnectors._tip(pts, cw), 1, max(1, round(0.45 * cw)) + 2)
         return m.astype(bool)
 
     # ------------------------------------------------------------------------------------------ defects
     def _defect_regions(self, defect: str, x: _Ctx) -> list[Region]:
         size = x.img.shape[0]
+        n = draw.number_word(x.n)
         if defect == "wrong_cable_color":
             c = x.cables[0]
             if c.color in UNKNOWN_COLORS:
                 text = (
-                    f"The cable is {c.color}, a colour no connector pair uses; a {_num(x.n)}-clamp pair "
+                    f"The cable is {c.color}, a colour no connector pair uses; a {n}-clamp pair "
                     f"needs a {x.expected} cable."
                 )
             else:
                 text = (
-                    f"The cable is {c.color} although both connectors have {_num(x.n)} clamps; a "
-                    f"{_num(x.n)}-clamp pair needs a {x.expected} cable."
+                    f"The cable is {c.color} although both connectors have {n} clamps; a "
+                    f"{n}-clamp pair needs a {x.expected} cable."
                 )
             return [Region(defect, x.cable_masks[0], text)]
         if defect == "clamp_count_mismatch":
@@ -609,15 +521,14 @@ class SplicingConnectors(Category):
             other = "right" if s == "left" else "left"
             m_wrong = x.n_left if s == "left" else x.n_right
             text = (
-                f"The {s} connector has {_num(m_wrong)} clamps but the {other} one has {_num(x.n)}; both "
+                f"The {s} connector has {draw.number_word(m_wrong)} clamps but the {other} one has {n}; both "
                 f"connectors must have the same number of clamps, and the {x.expected} cable belongs to a "
-                f"{_num(x.n)}-clamp pair."
+                f"{n}-clamp pair."
             )
             return [Region(defect, x.body_masks[s], text)]
         if defect == "missing_cable":
             text = (
-                f"No cable joins the two {_num(x.n)}-clamp connectors; a {x.expected} cable should run "
-                "between them."
+                f"No cable joins the two {n}-clamp connectors; a {x.expected} cable should run between them."
             )
             return [Region(defect, x.cable_masks[0], text)]
         if defect == "cable_wrong_position":
@@ -655,7 +566,9 @@ class SplicingConnectors(Category):
             x.rng.shuffle(sides)
             for s in sides[: 1 if x.rng.random() < 0.7 else 2]:
                 mask = draw.contamination(x.img, x.rng, x.body_masks[s])
-                regions.append(Region(defect, mask, f"There is a stain on the {s} connector {_where(mask)}."))
+                regions.append(
+                    Region(defect, mask, f"There is a stain on the {s} connector {draw.where_phrase(mask)}.")
+                )
             return regions
         if defect == "broken_connector":
             return [self._broken_connector(x)]
@@ -687,15 +600,17 @@ class SplicingConnectors(Category):
         draw.textured_fill(x.img, hole, draw.jitter_color(rng, COPPER, 10), rng, amp=18, cells=6, grain=10)
         strands = np.zeros((size, size), np.uint8)
         for off in (-0.25, 0.05, 0.3):
-            _line(strands, p + nrm * off * cw + rng.normal(0, 0.3, p.shape), 1, 1)
-        x.img[strands.astype(bool) & hole] = _mix(COPPER, (60, 30, 10), 0.5)
-        x.img[~hole & _dilate(hole) & x.cable_masks[0]] = _mix(c.rgb, (255, 255, 255), 0.25)  # frayed edge
-        mask = _dilate(hole) & x.cable_masks[0]
+            draw.polyline(strands, p + nrm * off * cw + rng.normal(0, 0.3, p.shape), 1, 1)
+        x.img[strands.astype(bool) & hole] = draw.mix(COPPER, (60, 30, 10), 0.5)
+        x.img[~hole & draw.dilate(hole) & x.cable_masks[0]] = draw.mix(
+            c.rgb, (255, 255, 255), 0.25
+        )  # frayed edge
+        mask = draw.dilate(hole) & x.cable_masks[0]
         return Region(
             "broken_cable",
             mask,
-            f"The insulation of the {c.color} cable is torn open {_where(mask)}, exposing the copper "
-            "strands.",
+            f"The insulation of the {c.color} cable is torn open {draw.where_phrase(mask)}, exposing the "
+            "copper strands.",
         )
 
     def _cable_cut(self, x: _Ctx) -> Region:
@@ -714,14 +629,14 @@ class SplicingConnectors(Category):
             for spread in (-0.35, 0.0, 0.35):
                 r = np.array([d[0] - spread * d[1], d[1] + spread * d[0]])
                 seg = np.stack([end, end + r * 0.8 * cw])
-                _line(x.img, seg, COPPER, thick)
-                _line(strands, seg, 1, thick + 2)
+                draw.polyline(x.img, seg, COPPER, thick)
+                draw.polyline(strands, seg, 1, thick + 2)
         x.foreground |= strands.astype(bool)
-        mask = _dilate(gap | strands.astype(bool))
+        mask = draw.dilate(gap | strands.astype(bool))
         return Region(
             "cable_cut",
             mask,
-            f"The {c.color} cable is cut through {_where(mask)}; its two ends do not touch.",
+            f"The {c.color} cable is cut through {draw.where_phrase(mask)}; its two ends do not touch.",
         )
 
     def _broken_connector(self, x: _Ctx) -> Region:
@@ -733,7 +648,9 @@ class SplicingConnectors(Category):
         if rng.random() < 0.35:
             mask = draw.crack(x.img, rng, body)
             return Region(
-                "broken_connector", mask, f"The housing of the {s} connector is cracked {_where(mask)}."
+                "broken_connector",
+                mask,
+                f"The housing of the {s} connector is cracked {draw.where_phrase(mask)}.",
             )
         w, h, u = b.width, b.height, b.u
         sx, sy = rng.choice([-1.0, 1.0]), rng.choice([-1.0, 1.0])
@@ -749,10 +666,10 @@ class SplicingConnectors(Category):
         x.img[chip] = x.base[chip]
         x.foreground &= ~chip
         m = np.zeros((size, size), np.uint8)
-        _line(m, b.to_img(edge), 1, max(1, round(u)))
+        draw.polyline(m, b.to_img(edge), 1, max(1, round(u)))
         line = m.astype(bool) & body & ~chip
         x.img[line] = (245, 245, 242)  # fracture surface of the clear plastic catches the light
-        mask = _dilate(chip | line) & (body | _dilate(chip))
+        mask = draw.dilate(chip | line) & (body | draw.dilate(chip))
         cen = b.to_img(poly.mean(axis=0, keepdims=True))[0]
         vert = "upper" if cen[1] < b.cy else "lower"
         hor = "left" if cen[0] < b.cx else "right"
@@ -774,7 +691,7 @@ class SplicingConnectors(Category):
         w, u, y = b.width, b.u, b.row_y(k)
         h = b.pitch / 2 - 1.6 * u
         slot = b.lever(k)
-        _poly(x.img, slot, (58, 60, 64))
+        draw.fill_polygon(x.img, slot, (58, 60, 64))
         ext = rng.uniform(0.3, 0.45) * w
         pivot = -w / 2 + 0.5 * w
         far = -w / 2 - ext
@@ -784,7 +701,7 @@ class SplicingConnectors(Category):
         under = np.array(
             [[pivot, y + h - 2 * u], [far, y + h - 0.5 * u], [far, y + h + 2 * u], [pivot, y + h]]
         )
-        _poly(x.img, b.to_img(lever), _mix(x.lever_rgb, (255, 255, 255), 0.12))
+        draw.fill_polygon(x.img, b.to_img(lever), draw.mix(x.lever_rgb, (255, 255, 255), 0.12))
         tip = np.array(
             [
                 [far + 0.35 * ext, y - h - 1.4 * u],
@@ -793,18 +710,20 @@ class SplicingConnectors(Category):
                 [far + 0.35 * ext, y + h + 1.4 * u],
             ]
         )
-        _poly(x.img, b.to_img(tip), _mix(x.lever_rgb, (255, 255, 255), 0.3))
-        _poly(x.img, b.to_img(under), _mix(x.lever_rgb, (0, 0, 0), 0.45))
+        draw.fill_polygon(x.img, b.to_img(tip), draw.mix(x.lever_rgb, (255, 255, 255), 0.3))
+        draw.fill_polygon(x.img, b.to_img(under), draw.mix(x.lever_rgb, (0, 0, 0), 0.45))
         for gx in (far + 3 * u, far + 6 * u):
             ridge = [[gx, y - h], [gx, y + h - 1.5 * u]]
-            _line(x.img, b.to_img(ridge), _mix(x.lever_rgb, (0, 0, 0), 0.35), max(1, round(u)))
-        _line(x.img, b.to_img(lever), _mix(x.lever_rgb, (0, 0, 0), 0.5), max(1, round(u)), closed=True)
+            draw.polyline(x.img, b.to_img(ridge), draw.mix(x.lever_rgb, (0, 0, 0), 0.35), max(1, round(u)))
+        draw.polyline(
+            x.img, b.to_img(lever), draw.mix(x.lever_rgb, (0, 0, 0), 0.5), max(1, round(u)), closed=True
+        )
         m = np.zeros((size, size), np.uint8)
-        _poly(m, slot, 1)
-        _poly(m, b.to_img(lever), 1)
+        draw.fill_polygon(m, slot, 1)
+        draw.fill_polygon(m, b.to_img(lever), 1)
         mask = m.astype(bool)
         x.foreground |= mask
-        mask = _dilate(mask)
+        mask = draw.dilate(mask)
         return Region(
             "open_lever", mask, f"The lever of the {draw.ORDINALS[k]} clamp of the {s} connector is open."
         )
@@ -818,7 +737,7 @@ class SplicingConnectors(Category):
         size = x.img.shape[0]
         # centred on the clear housing (wire-entry half), where a tint shows; it may spread onto the levers
         housing = draw.polygon_mask(
-            size, b.to_img(_rect(0.05 * b.width, -b.height / 2, b.width / 2, b.height / 2))
+            size, b.to_img(draw.rect_points(0.05 * b.width, -b.height / 2, b.width / 2, b.height / 2))
         )
         housing &= body
         r = rng.uniform(0.04, 0.065) * size
@@ -828,11 +747,12 @@ class SplicingConnectors(Category):
             if mask.sum() > 0.8 * r * r:
                 break
         name = str(rng.choice(list(TINTS)))
-        tint = np.asarray(draw.jitter_color(rng, TINTS[name], 8), np.float32)
-        alpha = rng.uniform(0.5, 0.65)
-        x.img[mask] = np.clip((1 - alpha) * x.img[mask] + alpha * tint, 0, 255).astype(np.uint8)
+        sl = draw.bbox_slices(mask)
+        draw.blend(x.img[sl], draw.jitter_color(rng, TINTS[name], 8), rng.uniform(0.5, 0.65), mask[sl])
         return Region(
-            "color", mask, f"The housing of the {s} connector has a {name} discoloured patch {_where(mask)}."
+            "color",
+            mask,
+            f"The housing of the {s} connector has a {name} discoloured patch {draw.where_phrase(mask)}.",
         )
 
 
