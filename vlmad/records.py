@@ -105,11 +105,11 @@ class Manifest:
     def __init__(self, info: DatasetInfo, samples: Iterable[Sample]) -> None:
         self.info = info
         self.samples: list[Sample] = list(samples)
-        seen: set[str] = set()
-        for s in self.samples:
-            if s.id in seen:
+        self._index: dict[str, int] = {}
+        for i, s in enumerate(self.samples):
+            if s.id in self._index:
                 raise DatasetError(info.root, f"duplicate sample id {s.id!r}")
-            seen.add(s.id)
+            self._index[s.id] = i
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -127,10 +127,12 @@ class Manifest:
 
     def get(self, sample_id: str) -> Sample:
         """The sample with this id; ``KeyError`` if there is none."""
-        for s in self.samples:
-            if s.id == sample_id:
-                return s
-        raise KeyError(sample_id)
+        i = self._index.get(sample_id)
+        if i is None or i >= len(self.samples) or self.samples[i].id != sample_id:
+            # the list was changed in place since construction: rebuild the index once
+            self._index = {s.id: k for k, s in enumerate(self.samples)}
+            i = self._index[sample_id]
+        return self.samples[i]
 
     def filter(
         self,

@@ -175,3 +175,16 @@ def test_grayscale_and_rgba_images_are_converted(tmp_path: Path) -> None:
     for p in (g, a):
         img = load_image(p)
         assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+
+
+def test_manifest_lookup_filter_and_duplicate_ids(tmp_path: Path) -> None:
+    m = read_dataset(make_loco(tmp_path / "loco"))
+    s = m.get("pushpins/test/logical_anomalies/000")
+    assert s.label == "logical"
+    m.samples.reverse()  # changed in place: lookups still find the right sample
+    assert m.get(s.id) == s
+    with pytest.raises(KeyError):
+        m.get("nope")
+    assert len(m.filter(split="test", label=["logical", "structural"])) == 2
+    with pytest.raises(DatasetError, match="duplicate sample id"):
+        Manifest(m.info, [s, s])

@@ -22,7 +22,7 @@ def check_sample(sample: Sample, root: Path) -> list[Problem]:
     shape, problems = check_image(sample.image_path)
     for m in sample.mask_paths:
         problems.extend(check_mask(m, shape))
-    if sample.is_anomalous and not sample.mask_paths and sample.metadata.get("mask_expected", True):
+    if sample.is_anomalous and not sample.mask_paths:
         problems.append(Problem(sample.image_path, "anomalous image without a ground-truth mask", "warning"))
     return problems
 
