@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
-
 import numpy as np
 import pytest
 
@@ -13,8 +10,6 @@ from vlmad.data.synth.categories.breakfast_box import FRUIT_AREA_256, TOPPINGS_A
 from vlmad.data.synth.categories.juice_bottle import BOTTOM_LABEL_AREA_256, LABEL_AREA_256, JuiceBottle
 
 CATS: dict[str, Category] = {"breakfast_box": BreakfastBox(), "juice_bottle": JuiceBottle()}
-CASES = [(c, d) for c, cat in CATS.items() for d in [None, *cat.defect_names()]]
-DEFECTS = [(c, d) for c, d in CASES if d is not None]
 # defect type -> expected area at 256 x 256 of its "missing object" region (absolute saturation)
 MISSING = {
     ("breakfast_box", "missing_fruit"): FRUIT_AREA_256,
@@ -31,67 +26,16 @@ def many(cat: str, defect: str | None, k: int = 12, size: int = 256) -> list[Sce
     return [render(cat, seed, defect, size) for seed in range(k)]
 
 
-# ---------------------------------------------------------------------------- declarations
-@pytest.mark.parametrize("cat", list(CATS))
-def test_declaration(cat: str) -> None:
-    c = CATS[cat]
-    names = c.defect_names()
-    assert len(names) == len(set(names))
-    kinds = [c.spec(n).kind for n in names]
-    assert kinds == sorted(kinds)  # logical first, then structural
-    assert kinds.count("logical") >= 4 and kinds.count("structural") >= 4
-    for n in c.defect_names("structural"):
-        assert c.spec(n).relative_saturation and c.spec(n).saturation_threshold == 1.0
-    for (cname, defect), area in MISSING.items():
-        if cname == cat:
-            assert not c.spec(defect).relative_saturation and c.spec(defect).saturation_threshold == area
-    configs = c.defect_configs(512)
-    assert [d.pixel_value for d in configs] == list(range(255, 255 - len(names), -1))
-    with pytest.raises(KeyError):
-        c.render(np.random.default_rng(0), 256, "no_such_defect")
-
-
-# ---------------------------------------------------------------------------- the contract
-@pytest.mark.parametrize(("cat", "defect"), CASES)
-def test_deterministic(cat: str, defect: str | None) -> None:
-    a, b = render(cat, 7, defect), render(cat, 7, defect)
-    assert np.array_equal(a.image, b.image) and np.array_equal(a.foreground, b.foreground)
-    assert len(a.regions) == len(b.regions)
-    for ra, rb in zip(a.regions, b.regions, strict=True):
-        assert np.array_equal(ra.mask, rb.mask) and ra.description == rb.description
-    assert a.description == b.description and a.facts == b.facts
-    assert not np.array_equal(a.image, render(cat, 8, defect).image)
-
-
-@pytest.mark.parametrize("size", [128, 256, 384, 512])
-@pytest.mark.parametrize(("cat", "defect"), CASES)
-def test_scene_contract(cat: str, defect: str | None, size: int) -> None:
-    for seed in range(4 if size == 256 else 2):
-        sc = render(cat, seed, defect, size)
-        assert sc.image.shape == (size, size, 3) and sc.image.dtype == np.uint8
-        assert sc.foreground.shape == (size, size) and sc.foreground.dtype == bool
-        assert 0.1 < sc.foreground.mean() < 0.9
-        assert sc.description.endswith(".")
-        json.dumps(sc.facts)
-        if defect is None:
-            assert sc.regions == []
-            continue
-        assert sc.regions
-        for i, r in enumerate(sc.regions):
-            assert r.defect == defect and r.description
-            assert r.mask.shape == (size, size) and r.mask.dtype == bool and r.mask.any()
-            assert not (r.mask & ~sc.foreground).any()  # the defect lies on the object
-            for other in sc.regions[:i]:
-                assert not np.array_equal(r.mask, other.mask)
-
-
+# ---------------------------------------------------------------------------- missing objects and regions
 @pytest.mark.parametrize(("cat", "defect"), list(MISSING))
 def test_missing_region_matches_saturation_area(cat: str, defect: str) -> None:
+    spec = CATS[cat].spec(defect)
+    assert not spec.relative_saturation and spec.saturation_threshold == MISSING[(cat, defect)]
     areas = [sc.regions[0].mask.sum() for sc in many(cat, defect, 10)]
     assert 0.75 < np.mean(areas) / MISSING[(cat, defect)] < 1.25
 
 
-STRUCTURAL = [(c, d) for c, d in DEFECTS if CATS[c].spec(d).kind == "structural"]
+STRUCTURAL = [(c, d) for c, cat in CATS.items() for d in cat.defect_names("structural")]
 
 
 @pytest.mark.parametrize(("cat", "defect"), STRUCTURAL)
@@ -190,27 +134,3 @@ def test_juice_bottle_mismatch_region_is_the_icon() -> None:
     sc = render("juice_bottle", 2, "label_juice_mismatch")
     m = sc.regions[0].mask
     assert 50 < m.sum() < LABEL_AREA_256 / 2  # a small part of the label
-
-
-# ---------------------------------------------------------------------------- variation and speed
-@pytest.mark.parametrize("cat", list(CATS))
-def test_normal_images_vary(cat: str) -> None:
-    scenes = many(cat, None, 6)
-    for i in range(len(scenes)):
-        for j in range(i):
-            diff = np.abs(scenes[i].image.astype(int) - scenes[j].image.astype(int)).mean()
-            assert diff > 2.0
-    fg = [sc.foreground for sc in scenes]
-    assert any(not np.array_equal(fg[0], m) for m in fg[1:])  # position / size jitter
-
-
-@pytest.mark.parametrize("cat", list(CATS))
-def test_render_speed(cat: str) -> None:
-    kinds = [None, *CATS[cat].defect_names()]
-    times = []
-    for i in range(3 * len(kinds)):
-        t = time.perf_counter()
-        render(cat, 100 + i, kinds[i % len(kinds)])
-        times.append(time.perf_counter() - t)
-    # the target is well under 10 ms at 256 x 256; allow for a loaded test machine
-    assert float(np.median(times)) < 0.02

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -14,8 +12,6 @@ from vlmad.data.synth.categories.pushpins import COLS, PIN_AREA_256, ROWS, Pushp
 from vlmad.data.synth.categories.screw_bag import NORMAL_COUNTS, PART_AREA_256, ScrewBag
 
 CATS: dict[str, Category] = {"pushpins": Pushpins(), "screw_bag": ScrewBag()}
-CASES = [(c, d) for c, cat in CATS.items() for d in [None, *cat.defect_names()]]
-DEFECTS = [(c, d) for c, d in CASES if d is not None]
 MISSING = {"pushpins": ("missing_pushpin", PIN_AREA_256), "screw_bag": ("missing_part", PART_AREA_256)}
 
 
@@ -28,71 +24,13 @@ def _many(cat: str, defect: str | None, k: int = 12) -> list[Scene]:
 
 
 @pytest.mark.parametrize("cat", list(CATS))
-def test_declaration(cat: str) -> None:
+def test_only_the_missing_object_saturates_at_its_area(cat: str) -> None:
     c = CATS[cat]
-    names = c.defect_names()
-    assert len(names) == len(set(names))
-    kinds = [c.spec(n).kind for n in names]
-    assert kinds == sorted(kinds)  # logical first, then structural
-    assert kinds.count("logical") >= 4 and kinds.count("structural") >= 4
     missing, area = MISSING[cat]
     assert not c.spec(missing).relative_saturation and c.spec(missing).saturation_threshold == area
-    for n in names:
+    for n in c.defect_names():
         if n != missing:
             assert c.spec(n).relative_saturation and c.spec(n).saturation_threshold == 1.0
-    configs = c.defect_configs(512)
-    assert [d.defect_name for d in configs] == names
-    assert next(d for d in configs if d.defect_name == missing).saturation_threshold == round(area * 4)
-    with pytest.raises(KeyError):
-        render(cat, 0, "no_such_defect")
-
-
-@pytest.mark.parametrize(("cat", "defect"), CASES)
-def test_deterministic(cat: str, defect: str | None) -> None:
-    a, b = render(cat, 7, defect), render(cat, 7, defect)
-    assert np.array_equal(a.image, b.image)
-    assert np.array_equal(a.foreground, b.foreground)
-    assert a.description == b.description and a.facts == b.facts
-    assert len(a.regions) == len(b.regions)
-    for ra, rb in zip(a.regions, b.regions, strict=True):
-        assert np.array_equal(ra.mask, rb.mask) and ra.description == rb.description
-    c = render(cat, 8, defect)
-    assert not np.array_equal(a.image, c.image)
-
-
-@pytest.mark.parametrize("size", [128, 256, 512])
-@pytest.mark.parametrize(("cat", "defect"), DEFECTS)
-def test_defect_regions(cat: str, defect: str, size: int) -> None:
-    for seed in range(10 if size < 512 else 4):
-        sc = render(cat, seed, defect, size)
-        assert sc.image.shape == (size, size, 3) and sc.image.dtype == np.uint8
-        assert sc.foreground.shape == (size, size) and sc.foreground.dtype == bool and sc.foreground.any()
-        assert sc.regions, (defect, seed)
-        masks = []
-        for r in sc.regions:
-            assert r.defect == defect
-            assert r.mask.shape == (size, size) and r.mask.dtype == bool
-            assert r.mask.any()
-            assert not (r.mask & ~sc.foreground).any()  # every defect lies on the box / in the bag
-            assert r.description and r.description.endswith(".")
-            masks.append(r.mask)
-        for i in range(len(masks)):
-            for j in range(i + 1, len(masks)):
-                assert not np.array_equal(masks[i], masks[j])
-        assert sc.description and "nothing is missing" not in sc.description
-        json.dumps(sc.facts)
-
-
-@pytest.mark.parametrize("cat", list(CATS))
-def test_normal_images(cat: str) -> None:
-    images = []
-    for sc in _many(cat, None, 15):
-        assert sc.regions == []
-        assert "nothing is missing or damaged" in sc.description
-        json.dumps(sc.facts)
-        images.append(sc.image.astype(np.int16))
-    diffs = [np.abs(images[i] - images[i + 1]).mean() for i in range(len(images) - 1)]
-    assert min(diffs) > 2.0  # position, pose, colour and texture vary
 
 
 def _pushpins_normal(f: dict) -> bool:
@@ -105,8 +43,8 @@ def _pushpins_normal(f: dict) -> bool:
 
 
 def test_pushpins_rules() -> None:
-    for sc in _many("pushpins", None):
-        assert _pushpins_normal(sc.facts)
+    for sc in _many("pushpins", None, 15):
+        assert _pushpins_normal(sc.facts) and "nothing is missing or damaged" in sc.description
     for sc in _many("pushpins", "missing_pushpin"):
         counts = np.array(sc.facts["pins_per_compartment"])
         assert counts.max() == 1
@@ -139,8 +77,9 @@ def _counts(sc: Scene) -> dict[str, int]:
 
 
 def test_screw_bag_rules() -> None:
-    for sc in _many("screw_bag", None):
+    for sc in _many("screw_bag", None, 15):
         assert _counts(sc) == NORMAL_COUNTS and sc.facts["screw_lengths"] == ["long", "short"]
+        assert "nothing is missing or damaged" in sc.description
     for sc in _many("screw_bag", "missing_part"):
         c = _counts(sc)
         assert sum(c.values()) == 5 and all(c[k] <= n for k, n in NORMAL_COUNTS.items())
@@ -188,18 +127,3 @@ def test_defect_only_changes_its_region(cat: str, defect: str, size: int) -> Non
         assert changed.any()
         assert not (changed & ~union).any(), (seed, int((changed & ~union).sum()))
         assert union.sum() < 0.05 * union.size  # small, local defects
-
-
-@pytest.mark.parametrize("cat", list(CATS))
-def test_render_speed(cat: str) -> None:
-    names = [None, *CATS[cat].defect_names()]
-    for d in names:  # warm-up
-        render(cat, 0, d)
-    t0 = time.perf_counter()
-    k = 0
-    for seed in range(3):
-        for d in names:
-            render(cat, seed, d)
-            k += 1
-    ms = (time.perf_counter() - t0) / k * 1000
-    assert ms < 15.0, f"{ms:.1f} ms per render at 256"

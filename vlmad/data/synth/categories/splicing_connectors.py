@@ -723,7 +723,7 @@ class SplicingConnectors(Category):
         draw.fill_polygon(m, b.to_img(lever), 1)
         mask = m.astype(bool)
         x.foreground |= mask
-        mask = draw.dilate(mask)
+        mask = draw.dilate(mask, max(1, round(u)))  # the outline is round(u) px wide, centred on the edge
         return Region(
             "open_lever", mask, f"The lever of the {draw.ORDINALS[k]} clamp of the {s} connector is open."
         )
