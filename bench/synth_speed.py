@@ -3,6 +3,7 @@
 Measured in one run:
 - ``generate (1 worker)`` and ``generate (2 workers)``: the full writer (render, masks, PNG files, records);
 - ``render only``: the procedural drawing without any file writing;
+- ``render + all 10 shifts at 1.0``: the same with every imaging-environment shift at full strength;
 - reference ``PNG write only``: encoding and writing the same images and masks with OpenCV, with no
   drawing; the ratio of the generator to it shows what drawing costs on top of unavoidable I/O.
 
@@ -17,14 +18,17 @@ import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from vlmad.data.synth.generate import generate, make_config, plan, render_job
+from vlmad.data.synth.shifts import SHIFT_NAMES
 
 TARGET = 30.0
+ALL_SHIFTS = ",".join(f"{name}:1.0" for name in SHIFT_NAMES)
 
 
 def main() -> None:
@@ -45,6 +49,12 @@ def main() -> None:
         for job in jobs:
             rendered.append(render_job(job))
         results["render only"] = total / (time.perf_counter() - t0)
+
+        shifted = [replace(job, shifts=ALL_SHIFTS) for job in jobs]
+        t0 = time.perf_counter()
+        for job in shifted:
+            render_job(job)
+        results["render + all 10 shifts at 1.0"] = total / (time.perf_counter() - t0)
 
         t0 = time.perf_counter()
         for i, (image, regions, _) in enumerate(rendered):
