@@ -188,3 +188,21 @@ def test_manifest_lookup_filter_and_duplicate_ids(tmp_path: Path) -> None:
     assert len(m.filter(split="test", label=["logical", "structural"])) == 2
     with pytest.raises(DatasetError, match="duplicate sample id"):
         Manifest(m.info, [s, s])
+
+
+def test_visa_bad_csv_content(tmp_path: Path) -> None:
+    root = make_visa(tmp_path / "visa")
+    csv_path = root / "split_csv" / "1cls.csv"
+    with csv_path.open("a") as f:
+        f.write("candle,test\n")  # a short row
+        f.write("candle,dev,normal,candle/Data/Images/Normal/0000.JPG,\n")
+    problems: list = []
+    m = read_dataset(root, problems=problems)
+    assert [p.message for p in problems] == [
+        "line 10: missing object or image column",
+        "line 11: unknown split 'dev'",
+    ]
+    assert len(m) == 8
+    csv_path.write_bytes(b"object,split,label,image,mask\n\xff\xfe broken")
+    with pytest.raises(DatasetError, match=r"1cls.csv: not UTF-8 text"):
+        read_dataset(root)

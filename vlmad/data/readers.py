@@ -23,6 +23,7 @@ there and the sample is skipped, so ``vlmad data validate`` can report every pro
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,16 @@ class _Reporter:
                 raise DatasetError(path, message)
             return
         self.problems.append(Problem(path, message, severity))  # type: ignore[arg-type]
+
+
+def _read_text(path: Path) -> str:
+    """A text file's content as UTF-8; DatasetError naming the file when it cannot be read or decoded."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, f"not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise DatasetError(path, f"cannot read ({e.strerror or e})") from None
 
 
 def _images(folder: Path) -> list[Path]:
@@ -143,15 +154,14 @@ def _read_descriptions(base: Path, report: _Reporter) -> dict[str, dict]:
     if not path.is_file():
         return {}
     out: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out[rec["image"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                report(path, f"line {n} is not a description record with an 'image' key", "warning")
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[rec["image"]] = rec
+        except (json.JSONDecodeError, KeyError, TypeError):
+            report(path, f"line {n} is not a description record with an 'image' key", "warning")
     return out
 
 
@@ -237,52 +247,52 @@ def read_visa(root: str | Path, problems: list[Problem] | None = None) -> Manife
     samples: list[Sample] = []
     cats: list[str] = []
     annos: dict[str, dict[str, str]] = {}
-    with csv_path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"object", "split", "label", "image"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise DatasetError(csv_path, f"expected columns {sorted(need)} (+ mask), got {reader.fieldnames}")
-        for n, row in enumerate(reader, 2):
-            cat, split, lab = (
-                row["object"].strip(),
-                row["split"].strip().lower(),
-                row["label"].strip().lower(),
-            )
-            where = f"line {n}"
-            if split not in ("train", "test", "val", "validation"):
-                report(csv_path, f"{where}: unknown split {row['split']!r}")
-                continue
-            if lab not in ("normal", "anomaly"):
-                report(csv_path, f"{where}: unknown label {row['label']!r} (expected normal or anomaly)")
-                continue
-            img = root / row["image"].strip()
-            if not is_inside(img, root):
-                report(csv_path, f"{where}: image path {row['image']!r} leaves the dataset root")
-                continue
-            if not img.is_file():
-                report(img, f"image listed in {csv_path.name} {where} not found")
-                continue
-            masks: tuple[Path, ...] = ()
-            mask_field = (row.get("mask") or "").strip()
-            if lab == "anomaly":
-                if not mask_field:
-                    report(csv_path, f"{where}: anomalous image without a mask path", "warning")
-                else:
-                    m = root / mask_field
-                    if not is_inside(m, root):
-                        report(csv_path, f"{where}: mask path {mask_field!r} leaves the dataset root")
-                        continue
-                    if not m.is_file():
-                        report(m, f"mask listed in {csv_path.name} {where} not found")
-                        continue
-                    masks = (m,)
-            if cat not in cats:
-                cats.append(cat)
-                annos[cat] = _visa_annotations(root / cat / "image_anno.csv")
-            label = "good" if lab == "normal" else "anomaly"
-            dtype = "good" if label == "good" else annos[cat].get(row["image"].strip())
-            split_name = "validation" if split in ("val", "validation") else split
-            samples.append(_sample(img, root, cat, split_name, label, dtype, masks))
+    text = _read_text(csv_path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    need = {"object", "split", "label", "image"}
+    if reader.fieldnames is None or not need <= set(reader.fieldnames):
+        raise DatasetError(csv_path, f"expected columns {sorted(need)} (+ mask), got {reader.fieldnames}")
+    for n, raw in enumerate(reader, 2):
+        row = {k: (v or "").strip() for k, v in raw.items() if k is not None}  # short rows give None
+        cat, split, lab = row["object"], row["split"].lower(), row["label"].lower()
+        where = f"line {n}"
+        if not cat or not row["image"]:
+            report(csv_path, f"{where}: missing object or image column")
+            continue
+        if split not in ("train", "test", "val", "validation"):
+            report(csv_path, f"{where}: unknown split {row['split']!r}")
+            continue
+        if lab not in ("normal", "anomaly"):
+            report(csv_path, f"{where}: unknown label {row['label']!r} (expected normal or anomaly)")
+            continue
+        img = root / row["image"]
+        if not is_inside(img, root):
+            report(csv_path, f"{where}: image path {row['image']!r} leaves the dataset root")
+            continue
+        if not img.is_file():
+            report(img, f"image listed in {csv_path.name} {where} not found")
+            continue
+        masks: tuple[Path, ...] = ()
+        mask_field = row.get("mask", "")
+        if lab == "anomaly":
+            if not mask_field:
+                report(csv_path, f"{where}: anomalous image without a mask path", "warning")
+            else:
+                m = root / mask_field
+                if not is_inside(m, root):
+                    report(csv_path, f"{where}: mask path {mask_field!r} leaves the dataset root")
+                    continue
+                if not m.is_file():
+                    report(m, f"mask listed in {csv_path.name} {where} not found")
+                    continue
+                masks = (m,)
+        if cat not in cats:
+            cats.append(cat)
+            annos[cat] = _visa_annotations(root / cat / "image_anno.csv")
+        label = "good" if lab == "normal" else "anomaly"
+        dtype = "good" if label == "good" else annos[cat].get(row["image"])
+        split_name = "validation" if split in ("val", "validation") else split
+        samples.append(_sample(img, root, cat, split_name, label, dtype, masks))
     return Manifest(_info(root, root, "visa", cats), samples)
 
 
@@ -290,12 +300,11 @@ def _visa_annotations(path: Path) -> dict[str, str]:
     """image path -> defect name from VisA's per-category ``image_anno.csv`` (empty when absent)."""
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8") as f:
-        return {
-            r["image"].strip(): r["label"].strip()
-            for r in csv.DictReader(f)
-            if r.get("image") and r.get("label") and r["label"].strip() != "normal"
-        }
+    return {
+        r["image"].strip(): r["label"].strip()
+        for r in csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        if r.get("image") and r.get("label") and r["label"].strip() != "normal"
+    }
 
 
 # ---------------------------------------------------------------------------- plain folders
