@@ -23,6 +23,7 @@ from vlmad.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Severity = Literal["error", "warning"]
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16/32-bit integer and float PIL modes
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def load_image(path: str | Path) -> np.ndarray:
     """Load an image as ``(H, W, 3)`` uint8 RGB, converting grayscale, 16-bit, palette and RGBA images."""
     path = Path(path)
     img = _open(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in _WIDE_MODES:
         gray = _to_8bit(np.asarray(img))
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode != "RGB":
@@ -100,22 +101,21 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def mask_values(path: str | Path) -> np.ndarray:
-    """Load a mask as ``(H, W)`` uint8 values (0 = no defect); see the module docstring for conversions."""
-    path = Path(path)
-    img = _open(path)
+def _mask_array(img: Image.Image) -> np.ndarray:
+    """(H, W) uint8 mask values of a decoded image; see the module docstring for conversions."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode in _WIDE_MODES:
         return _to_8bit(np.asarray(img))
-    if mode == "P" or mode == "PA":
-        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        return rgb.max(axis=2)
-    if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        return rgb.max(axis=2)
+    if mode in ("P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).max(axis=2)
     if mode == "LA":
         return np.asarray(img, dtype=np.uint8)[..., 0].copy()
     return _to_8bit(np.asarray(img.convert("L") if mode == "1" else img))
+
+
+def mask_values(path: str | Path) -> np.ndarray:
+    """Load a mask as ``(H, W)`` uint8 values (0 = no defect); see the module docstring for conversions."""
+    return _mask_array(_open(Path(path)))
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -153,14 +153,20 @@ def check_mask(path: str | Path, image_shape: tuple[int, int] | None) -> list[Pr
     path = Path(path)
     try:
         img = _open(path)
-        mode = img.mode
-        values = mask_values(path)
     except DatasetError as e:
         return [Problem(path, e.problem)]
+    mode = img.mode
+    values = _mask_array(img)
     problems: list[Problem] = []
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in _WIDE_MODES:
         problems.append(
-            Problem(path, "16-bit mask: read as 8-bit (value / 257), non-zero = defect", "warning")
+            Problem(
+                path,
+                "16-bit mask: read as 8-bit (value / 257), non-zero = defect"
+                if mode != "F"
+                else "float mask: non-zero = defect",
+                "warning",
+            )
         )
     elif mode in ("P", "PA"):
         problems.append(

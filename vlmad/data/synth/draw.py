@@ -15,7 +15,7 @@ place.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -488,6 +488,18 @@ def count_words(n: int, noun: str, plural: str | None = None) -> str:
 # ---------------------------------------------------------------------------- generic structural defects
 # Each drawer picks a spot in ``within``, then works on a small window around it (never on the whole
 # image), and returns the full-size mask of what it changed.
+
+
+def _place(failure: str, tries: int, attempt: Callable[[], np.ndarray | None]) -> np.ndarray:
+    """Call ``attempt`` (which draws and returns its mask, or None when the spot was unusable) up to
+    ``tries`` times; ``RuntimeError(failure)`` when no attempt succeeded."""
+    for _ in range(tries):
+        mask = attempt()
+        if mask is not None:
+            return mask
+    raise RuntimeError(failure)
+
+
 def _line_defect(
     img: np.ndarray, within: np.ndarray, pts: np.ndarray, width: int, min_pixels: float
 ) -> tuple[tuple[slice, slice], np.ndarray] | None:
@@ -514,7 +526,8 @@ def scratch(
     size = img.shape[0]
     length = length or size * rng.uniform(0.08, 0.16)
     width = width or max(1, round(size / 128))
-    for _ in range(tries):
+
+    def attempt() -> np.ndarray | None:
         x, y = random_point_in(rng, within, margin=max(1, size // 64))
         ang = rng.uniform(0, np.pi)
         bend = rng.uniform(-0.4, 0.4)
@@ -528,14 +541,15 @@ def scratch(
         )
         found = _line_defect(img, within, pts, width, length * 0.5)
         if found is None:
-            continue
+            return None
         sl, m = found
         sub = img[sl]
         base = sub[m].astype(np.float32).mean(axis=0)
         shift = 70.0 if base.mean() < 128 else -70.0
         sub[m] = np.clip(base + shift + rng.normal(0, 8, 3), 0, 255).astype(np.uint8)
         return _paste(img.shape, sl, dilate(m) & within[sl])
-    raise RuntimeError("scratch: could not place a scratch inside the given region")
+
+    return _place("scratch: could not place a scratch inside the given region", tries, attempt)
 
 
 def crack(
@@ -549,7 +563,8 @@ def crack(
     size = img.shape[0]
     length = length or size * rng.uniform(0.08, 0.15)
     width = max(1, round(size / 100))
-    for _ in range(tries):
+
+    def attempt() -> np.ndarray | None:
         x, y = random_point_in(rng, within, margin=2)
         ang = rng.uniform(0, 2 * np.pi)
         n = 6
@@ -561,11 +576,12 @@ def crack(
             pts.append((x, y))
         found = _line_defect(img, within, np.array(pts), width, length * 0.5)
         if found is None:
-            continue
+            return None
         sl, m = found
         scale_pixels(img[sl], 0.3, m)
         return _paste(img.shape, sl, dilate(m) & within[sl])
-    raise RuntimeError("crack: could not place a crack inside the given region")
+
+    return _place("crack: could not place a crack inside the given region", tries, attempt)
 
 
 def contamination(
@@ -579,7 +595,8 @@ def contamination(
     """Draw an irregular stain or foreign particle inside ``within``; returns its mask."""
     size = img.shape[0]
     radius = radius or size * rng.uniform(0.018, 0.035)
-    for _ in range(tries):
+
+    def attempt() -> np.ndarray | None:
         c = random_point_in(rng, within, margin=round(radius))
         pts = blob_points(rng, c, radius)
         sl = _window(img.shape, pts, 1)
@@ -588,13 +605,14 @@ def contamination(
         )
         m &= within[sl]
         if not m.any() or m.sum() < 0.5 * np.pi * radius**2 * 0.5:
-            continue
+            return None
         col = color or jitter_color(
             rng, [(60, 40, 20), (30, 30, 30), (200, 190, 60), (110, 140, 60)][rng.integers(4)], 10
         )
         textured_fill(img[sl], m, col, rng, amp=12, cells=4, grain=4)
         return _paste(img.shape, sl, m)
-    raise RuntimeError("contamination: could not place a stain inside the given region")
+
+    return _place("contamination: could not place a stain inside the given region", tries, attempt)
 
 
 def dent(
@@ -607,7 +625,8 @@ def dent(
     """Draw a dent: a shaded elliptical hollow (dark on one side, bright on the other); returns its mask."""
     size = img.shape[0]
     radius = radius or size * rng.uniform(0.025, 0.045)
-    for _ in range(tries):
+
+    def attempt() -> np.ndarray | None:
         cx, cy = random_point_in(rng, within, margin=round(radius))
         ang = float(rng.uniform(0, 180))
         ax = (radius, radius * rng.uniform(0.55, 0.9))
@@ -616,10 +635,11 @@ def dent(
         shape = (sl[0].stop - y0, sl[1].stop - x0)
         m = ellipse_mask(shape, (cx - x0, cy - y0), ax, ang) & within[sl]
         if not m.any():
-            continue
+            return None
         yy = np.arange(y0, sl[0].stop, dtype=np.float32)[:, None]
         xx = np.arange(x0, sl[1].stop, dtype=np.float32)[None, :]
         d = ((xx - cx) + (yy - cy)) / (2 * radius)  # gradient across the dent
         scale_pixels(img[sl], np.clip(0.6 + 0.35 * (d + 0.5), 0.45, 1.25), m)
         return _paste(img.shape, sl, m)
-    raise RuntimeError("dent: could not place a dent inside the given region")
+
+    return _place("dent: could not place a dent inside the given region", tries, attempt)

@@ -20,6 +20,7 @@ its description record) and generates only the rest; a different config in the s
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Callable
@@ -33,13 +34,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vlmad import __version__
-from vlmad.data.readers import DESCRIPTIONS_FILE
+from vlmad.data.readers import DESCRIPTIONS_FILE, LOCO_TEST_DIRS
 from vlmad.data.synth.categories import CATEGORIES, get_category
 from vlmad.data.synth.shifts import apply_shifts, parse_shifts
 from vlmad.errors import ConfigError
 
 SYNTH_FILE = "synth.json"
-_FOLDERS = {"good": "good", "logical": "logical_anomalies", "structural": "structural_anomalies"}
+_FOLDERS = {label: folder for folder, label in LOCO_TEST_DIRS.items()}  # label -> test folder
 
 
 class SynthCounts(BaseModel):
@@ -200,12 +201,18 @@ def render_job(job: _Job) -> tuple[np.ndarray, list[tuple[str, np.ndarray, str]]
     return scene.image, regions, record
 
 
+@functools.cache
+def _pixel_values(category: str, size: int) -> dict[str, int]:
+    """Defect name -> mask pixel value of a category (computed once per worker process)."""
+    return {d.defect_name: d.pixel_value for d in get_category(category).defect_configs(size)}
+
+
 def _run_job(job: _Job) -> dict[str, Any]:
     """Render and write one image and its masks; returns its description record."""
     out = Path(job.out)
     image, regions, record = render_job(job)
     img_rel, gt_rel = _paths(job)
-    values = {d.defect_name: d.pixel_value for d in get_category(job.category).defect_configs(job.size)}
+    values = _pixel_values(job.category, job.size)
     region_recs = []
     if regions:
         (out / gt_rel).mkdir(parents=True, exist_ok=True)
