@@ -4,6 +4,8 @@
 - :class:`DefectConfig`: one entry of an MVTec LOCO ``defects_config.json`` (pixel value and sPRO saturation).
 - :class:`DatasetInfo`: what a manifest was read from.
 - :class:`Manifest`: a dataset as a list of samples plus its info; saved and loaded as JSONL or parquet.
+- :class:`Prediction`: what any method says about one sample (score, verdict, anomaly map, explanation);
+  stored as JSONL by :mod:`vlmad.data.predictions`.
 
 In memory, ``Sample.image_path`` and ``Sample.mask_paths`` are absolute paths. On disk a manifest stores
 them relative to ``DatasetInfo.root`` (POSIX separators), and the root relative to the manifest file, so
@@ -14,19 +16,21 @@ stored absolute.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vlmad.errors import DatasetError
 
 Split = Literal["train", "validation", "test"]
 Label = Literal["good", "logical", "structural", "anomaly"]
 Layout = Literal["mvtec_ad", "mvtec_loco", "visa", "folder", "manifest"]
+Verdict = Literal["normal", "anomalous", "unparsed"]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 LABELS: tuple[str, ...] = ("good", "logical", "structural", "anomaly")
@@ -72,6 +76,47 @@ class DefectConfig(BaseModel):
     pixel_value: int = Field(ge=1, le=255)
     saturation_threshold: float = Field(gt=0)
     relative_saturation: bool
+
+
+class Prediction(BaseModel):
+    """One method's output for one sample (and, for question-answering methods, one question).
+
+    ``run_id`` names the method or run. ``score`` is an anomaly score (higher = more anomalous), ``None``
+    for verdict-only methods. ``verdict`` is ``normal`` / ``anomalous``, ``unparsed`` when the method
+    answered but no verdict could be read from it, and ``None`` when the method gives no verdict.
+    ``map_path`` points to an anomaly map (``.npy`` float32, ``.tiff`` or ``.png``); in a predictions
+    file it is stored relative to that file. ``explanation`` is model text: untrusted, escape it before
+    rendering. ``question_id`` tells apart several predictions on one image (several questions).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_id: str
+    run_id: str
+    score: float | None = None
+    verdict: Verdict | None = None
+    map_path: Path | None = None
+    explanation: str | None = None
+    question_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("score")
+    @classmethod
+    def _finite_score(cls, v: float | None) -> float | None:
+        if v is not None and math.isnan(v):
+            raise ValueError("score is NaN")
+        return v
+
+    @field_validator("explanation")
+    @classmethod
+    def _encodable(cls, v: str | None) -> str | None:
+        # model output may hold lone surrogates that no UTF-8 file can store; replace them, keep the rest
+        return None if v is None else v.encode("utf-8", errors="replace").decode("utf-8")
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """``(sample_id, question_id)``: unique within one run."""
+        return (self.sample_id, self.question_id)
 
 
 class DatasetInfo(BaseModel):
