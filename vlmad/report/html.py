@@ -28,7 +28,7 @@ caption{caption-side:top;text-align:left;font-weight:600;padding:.3rem 0}
 .note{padding:.5rem .8rem;border-left:4px solid #888;background:#f7f7f7;margin:.6rem 0}
 .note.warning{border-color:#d80;background:#fff6e5}.note.error{border-color:#c00;background:#ffecec}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:12px}
-.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:.82rem}
+.card{overflow-wrap:anywhere;border:1px solid #ddd;border-radius:6px;padding:6px;font-size:.82rem}
 .card img{width:100%;image-rendering:auto;border-radius:3px}.card .t{font-weight:600;margin:.2rem 0}
 .tag{display:inline-block;border-radius:3px;padding:0 .3rem;font-size:.75rem;color:#fff}
 .tag.good{background:#2a7}.tag.logical{background:#a3c}.tag.structural{background:#d52}.tag.anomaly{background:#c33}
