@@ -13,6 +13,7 @@ import typer
 from vlmad import __version__
 from vlmad.cli.data import app as data_app
 from vlmad.cli.demo import demo
+from vlmad.cli.eval import app as eval_app
 from vlmad.errors import VlmadError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
 app.command("demo")(demo)
 
 
