@@ -43,6 +43,7 @@ class DemoContext:
     timings: dict[str, float] = field(default_factory=dict)
     summaries: dict[str, str] = field(default_factory=dict)
     progress: Callable[[str, int, int], None] | None = None
+    evaluations: list[Any] = field(default_factory=list)  # vlmad.metrics.evaluate.Evaluation
 
     @property
     def data_dir(self) -> Path:
@@ -87,6 +88,42 @@ def stage_validate(ctx: DemoContext) -> str:
     return f"{errors} errors, {len(ctx.problems) - errors} warnings"
 
 
+def stage_evaluate(ctx: DemoContext) -> str:
+    """Score the test images with a trivial baseline and evaluate it (until real detectors take its place).
+
+    The baseline (per-pixel colour z-scores against the training normals) is labelled as such everywhere;
+    its threshold is calibrated on the validation normals, never on the test set.
+    """
+    from vlmad.data.predictions import read_predictions
+    from vlmad.detectors.pixel_gaussian import PixelGaussian
+    from vlmad.detectors.run import predict_manifest
+    from vlmad.metrics.evaluate import calibrate_thresholds, evaluate
+
+    assert ctx.manifest is not None
+    run_dir = ctx.out / "runs" / "pixel-gaussian"
+    path = predict_manifest(
+        PixelGaussian,
+        ctx.manifest,
+        run_dir,
+        PixelGaussian.name,
+        progress=(lambda d, t: ctx.progress("evaluate", d, t)) if ctx.progress else None,
+    )
+    preds = read_predictions(path)
+    thresholds = calibrate_thresholds(ctx.manifest, preds, "target-fpr", fpr=0.05)
+    evaluation = evaluate(
+        ctx.manifest,
+        preds,
+        thresholds=thresholds,
+        progress=(lambda d, t: ctx.progress("evaluate", d, t)) if ctx.progress else None,
+    )
+    evaluation.save(run_dir / "eval")
+    ctx.evaluations = [evaluation]
+    return (
+        f"{PixelGaussian.name}: image AUROC {evaluation.value('image_auroc'):.3f}, "
+        f"pixel AUPRO {evaluation.value('pixel_aupro_0.3'):.3f} (mean over categories) -> {run_dir}"
+    )
+
+
 def stage_report(ctx: DemoContext) -> str:
     """Write ``report.html`` from the results of the earlier stages."""
     from vlmad import __version__
@@ -105,6 +142,11 @@ def stage_report(ctx: DemoContext) -> str:
         for p in ctx.problems[:50]:
             report.note(str(p), "error" if p.severity == "error" else "warning")
     add_dataset_section(report, ctx.manifest)
+    if ctx.evaluations:
+        from vlmad.report.evaluation import add_evaluation_section, save_tables
+
+        save_tables(ctx.evaluations, ctx.out / "tables")
+        add_evaluation_section(report, ctx.evaluations, ctx.manifest, title="Evaluation (trivial baseline)")
     path = report.save("report.html")
     return str(path)
 
@@ -113,6 +155,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("synth", stage_synth),
     ("manifest", stage_manifest),
     ("validate", stage_validate),
+    ("evaluate", stage_evaluate),
     ("report", stage_report),
 ]
 
