@@ -8,8 +8,8 @@ increment) have a score at or above it.
 
 :class:`RankAccumulator` collects items through :meth:`~RankAccumulator.update` and builds the
 :class:`Curve` in :meth:`~RankAccumulator.compute`. It is exact (ties grouped the way scikit-learn
-groups them) while it holds at most ``max_exact`` items, about ``5 + 8 * channels`` bytes each; past
-that it folds everything into fixed histograms keyed on the float32 bit pattern of the score
+groups them) while it holds at most ``max_exact`` items (about 5 bytes each, plus 16 per non-zero
+weight); past that it folds everything into fixed histograms keyed on the float32 bit pattern of the score
 (``2**bits`` bins, relative bin width ``2**-(bits - 9)``), so memory stays bounded however many maps
 stream through. A binned curve says so (``Curve.binned``) and carries the largest AUROC error its ties
 can cause (``Curve.auroc_error_bound``).
@@ -21,7 +21,8 @@ the single ``uint64`` sort used below (see ``bench/metrics.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,8 +119,10 @@ class RankAccumulator:
     """Streaming store of (score, negative flag, weight channels) items; see the module docstring.
 
     ``update`` takes 1-D scores, a same-length boolean ``negative`` (True for normal items, False for
-    anomalous ones), and ``weights`` of shape ``(channels, n)`` (non-negative floats). Memory is bounded
-    by ``max_exact`` items in exact mode and by ``(3 + channels) * 8 * 2**bits`` bytes once binned.
+    anomalous ones), and ``weights`` of shape ``(channels, n)`` (non-negative floats, usually zero on most
+    items: only their non-zero entries are kept). Memory is bounded by ``max_exact`` items in exact mode
+    (about 5 bytes per item plus 16 per non-zero weight; ``compute`` needs about 30 more bytes per item
+    while it runs) and by ``(2 + channels) * 8 * 2**bits`` bytes once binned.
     """
 
     def __init__(
@@ -132,7 +135,8 @@ class RankAccumulator:
         self.bits = bits
         self._scores: list[np.ndarray] = []
         self._negative: list[np.ndarray] = []
-        self._weights: list[np.ndarray] = []
+        # per chunk and channel: (positions within the chunk, values) of the non-zero weights
+        self._weights: list[list[tuple[np.ndarray, np.ndarray]]] = []
         self._n = 0
         self._hist: np.ndarray | None = None  # (2 + channels, 2**bits): negatives, positives, channels
 
@@ -148,56 +152,95 @@ class RankAccumulator:
         negative = np.asarray(negative, dtype=bool).reshape(-1)
         if negative.shape != scores.shape:
             raise ValueError(f"{scores.size} scores but {negative.size} labels")
+        sparse: list[tuple[np.ndarray, np.ndarray]] = []
         if self.channels:
             if weights is None:
                 raise ValueError(f"this accumulator needs {self.channels} weight channel(s)")
             weights = np.asarray(weights, dtype=np.float64).reshape(self.channels, -1)
             if weights.shape[1] != scores.size:
                 raise ValueError(f"{scores.size} scores but weights for {weights.shape[1]} items")
-        else:
-            weights = np.empty((0, scores.size), dtype=np.float64)
+            for c in range(self.channels):
+                nz = np.flatnonzero(weights[c])
+                sparse.append((nz, weights[c][nz]))
         if scores.dtype != np.float32:
             scores = scores.astype(np.float64)
         self._n += scores.size
         if self._hist is None and (self.max_exact is None or self._n <= self.max_exact):
             self._scores.append(scores)
             self._negative.append(negative)
-            self._weights.append(weights)
+            self._weights.append(sparse)
             return
         if self._hist is None:
             self._hist = np.zeros((2 + self.channels, 2**self.bits), dtype=np.float64)
-            for s, neg, w in zip(self._scores, self._negative, self._weights, strict=True):
-                self._add_to_hist(s, neg, w)
+            for chunk in zip(self._scores, self._negative, self._weights, strict=True):
+                self._add_to_hist(*chunk)
             self._scores, self._negative, self._weights = [], [], []
-        self._add_to_hist(scores, negative, weights)
+        self._add_to_hist(scores, negative, sparse)
 
-    def _add_to_hist(self, scores: np.ndarray, negative: np.ndarray, weights: np.ndarray) -> None:
+    def _add_to_hist(
+        self, scores: np.ndarray, negative: np.ndarray, sparse: list[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
         assert self._hist is not None
         size = 2**self.bits
         bins = (_float_keys(scores) >> np.uint32(32 - self.bits)).astype(np.intp)
         self._hist[0] += np.bincount(bins, weights=negative, minlength=size)
         self._hist[1] += np.bincount(bins, weights=~negative, minlength=size)
-        for c in range(self.channels):
-            self._hist[2 + c] += np.bincount(bins, weights=weights[c], minlength=size)
+        for c, (pos, val) in enumerate(sparse):
+            self._hist[2 + c] += np.bincount(bins[pos], weights=val, minlength=size)
 
     def compute(self) -> Curve:
-        """Build the :class:`Curve` over everything seen so far (the accumulator stays usable)."""
+        """Build the :class:`Curve` over everything seen so far (the accumulator stays usable).
+
+        Exact mode keeps the points where the curve can turn: every distinct score held by a positive
+        item or a non-zero weight, and the last score of each run of scores held by negatives only.
+        Areas, AP, F1-max and precision at a recall equal those on the full list of distinct scores.
+        """
         if self._hist is not None:
             return self._binned_curve()
         if not self._scores:
             empty = np.zeros(0)
             return Curve(empty, empty, empty, np.zeros((self.channels, 0)), binned=False)
-        scores = np.concatenate(self._scores)
-        negative = np.concatenate(self._negative)
-        weights = np.concatenate(self._weights, axis=1)
-        order, ends, thresholds = _sorted_groups(scores)
-        neg_sorted = negative[order]
-        fps = np.cumsum(neg_sorted, dtype=np.float64)[ends]
-        pps = (ends + 1) - fps
-        chans = np.empty((self.channels, ends.size))
+        n = self._n
+        if len(self._negative) > 1:  # consolidate once, so later calls do not hold two copies
+            self._negative = [np.concatenate(self._negative)]
+        negative = self._negative[0]
+        order, change, values_at = _descending(self._scores, n)
+        ends = np.empty(int(np.count_nonzero(change)) + 1, dtype=np.int64)  # last position of each group
+        ends[:-1] = np.flatnonzero(change)
+        ends[-1] = n - 1
+        del change
+        neg_sorted = np.empty(n, dtype=bool)
+        for a in range(0, n, _CHUNK):
+            neg_sorted[a : a + _CHUNK] = negative[order[a : a + _CHUNK]]
+        pos_at = np.flatnonzero(~neg_sorted)  # sorted positions of the positive items
+        del neg_sorted
+        channel_at: list[np.ndarray] = []
+        channel_cum: list[np.ndarray] = []
+        if self.channels:
+            rank = np.empty(n, dtype=np.int64)  # sorted position of each original index
+            for a in range(0, n, _CHUNK):
+                rank[order[a : a + _CHUNK]] = np.arange(a, min(a + _CHUNK, n))
+            offsets = np.cumsum([0] + [s.size for s in self._scores])
+            for c in range(self.channels):
+                pos = rank[
+                    np.concatenate([w[c][0] + off for w, off in zip(self._weights, offsets, strict=False)])
+                ]
+                val = np.concatenate([w[c][1] for w in self._weights])
+                o = np.argsort(pos, kind="stable")
+                channel_at.append(pos[o])
+                channel_cum.append(np.cumsum(val[o]))
+            del rank
+        active = np.unique(np.searchsorted(ends, np.concatenate([pos_at, *channel_at])))
+        kept_groups = np.unique(np.concatenate([active, active - 1, [ends.size - 1]]))
+        kept = ends[kept_groups[kept_groups >= 0]]
+        pps = np.searchsorted(pos_at, kept, side="right").astype(np.float64)
+        fps = (kept + 1) - pps
+        chans = np.zeros((self.channels, kept.size))
         for c in range(self.channels):
-            chans[c] = np.cumsum(weights[c][order], dtype=np.float64)[ends]
-        return Curve(thresholds, fps, pps, chans, binned=False)
+            if channel_at[c].size:
+                i = np.searchsorted(channel_at[c], kept, side="right") - 1
+                chans[c] = np.where(i >= 0, channel_cum[c][np.maximum(i, 0)], 0.0)
+        return Curve(values_at(kept), fps, pps, chans, binned=False)
 
     def _binned_curve(self) -> Curve:
         assert self._hist is not None
@@ -211,29 +254,37 @@ class RankAccumulator:
         return Curve(edges, cum[0], cum[1], cum[2:], binned=True, auroc_error_bound=bound)
 
 
-def _sorted_groups(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Descending order of ``scores``, the last position of each group of equal scores, and their values.
+_CHUNK = 1 << 20
 
-    float32 scores are sorted as one ``uint64`` array (order-preserving key in the high half, position in
-    the low half), which is several times faster than ``argsort``.
+
+def _descending(
+    chunks: list[np.ndarray], n: int
+) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Sort the scores in ``chunks`` from highest to lowest.
+
+    Returns ``order`` (original index at each sorted position), ``change`` (``change[i]``: sorted
+    positions ``i`` and ``i + 1`` hold different scores) and a function giving the score at sorted
+    positions. float32 scores are sorted as one ``uint64`` array filled chunk by chunk (order-preserving
+    key in the high half, original index in the low half): several times faster than ``argsort``, and
+    without full-size temporaries.
     """
-    n = scores.size
-    if scores.dtype == np.float32 and n < 2**32:
-        packed = _float_keys(scores).astype(np.uint64)
-        packed <<= np.uint64(32)
-        packed |= np.arange(n, dtype=np.uint64)
+    if all(c.dtype == np.float32 for c in chunks) and n < 2**32:
+        packed = np.empty(n, dtype=np.uint64)
+        halves = packed.view(np.uint32).reshape(n, 2)
+        lo, hi = (0, 1) if sys.byteorder == "little" else (1, 0)
+        off = 0
+        for c in chunks:
+            halves[off : off + c.size, hi] = _float_keys(c)
+            halves[off : off + c.size, lo] = np.arange(off, off + c.size, dtype=np.uint32)
+            off += c.size
         packed.sort()
-        packed = packed[::-1]
-        keys = (packed >> np.uint64(32)).astype(np.uint32)
-        packed &= np.uint64(0xFFFFFFFF)
-        order = packed.view(np.int64)
-        change = np.flatnonzero(keys[1:] != keys[:-1])
-        ends = np.append(change, n - 1)
-        return order, ends, _keys_to_float(keys[ends])
+        desc = halves[::-1]
+        keys = desc[:, hi]
+        return desc[:, lo], keys[1:] != keys[:-1], lambda pos: _keys_to_float(keys[pos])
+    scores = np.concatenate(chunks).astype(np.float64, copy=False)
     order = np.argsort(scores, kind="stable")[::-1]
     ordered = scores[order]
-    ends = np.append(np.flatnonzero(ordered[1:] != ordered[:-1]), n - 1)
-    return order, ends, ordered[ends].astype(np.float64)
+    return order, ordered[1:] != ordered[:-1], lambda pos: ordered[pos]
 
 
 # --- reading metrics off a curve ---------------------------------------------------------------------
