@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vlmad-installed
+BENCH_STAMP := $(VENV)/.vlmad-bench-installed
 
 .PHONY: demo test lint bench clean-demo
 
@@ -23,8 +24,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
+# benchmarks compare with reference tools (anomalib, scikit-learn) installed by the [bench] extra
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/synth_speed.py
+	$(PY) bench/cli_startup.py
+	$(PY) bench/metrics.py
 
 clean-demo:
 	rm -rf runs/demo
