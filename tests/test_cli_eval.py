@@ -180,3 +180,15 @@ def test_eval_predictions_thresholds_never_leak_unless_oracle(
     bad.write_text(path.read_text().replace('"score": 2.0', '"score": NaN', 1))
     r = run("eval", "predictions", str(bad), "--dataset", str(dataset))
     assert r.returncode == 2 and "bad.jsonl: line" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_maps_mask_of_another_size_is_named(dataset: Path, maps_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    mask = next((data / "pushpins" / "ground_truth").rglob("*.png"))
+    Image.open(mask).resize((32, 32)).save(mask)
+    r = run("eval", "maps", "--dataset", str(data), "--maps", str(maps_dir), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert str(mask) in r.stderr and "mask is 32x32 but the image is 64x64" in r.stderr

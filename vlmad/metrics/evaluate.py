@@ -158,18 +158,25 @@ def _in_subset(label: str, subset: str) -> bool:
     return label == "good" or label in SUBSET_LABELS[subset]
 
 
-def _region_configs(sample: Sample, configs: list[DefectConfig]) -> list[tuple[Path, DefectConfig]]:
+def _regions(
+    sample: Sample, configs: list[DefectConfig], shape: tuple[int, int]
+) -> list[tuple[np.ndarray, DefectConfig]]:
+    """Each mask file of a LOCO-style sample as one (bool region, defect config), every file read once."""
     by_value = {c.pixel_value: c for c in configs}
     out = []
     for p in sample.mask_paths:
         values = mask_values(p)
+        if values.shape != shape:
+            raise DatasetError(
+                p, f"mask is {values.shape[1]}x{values.shape[0]} but the image is {shape[1]}x{shape[0]}"
+            )
         nz = values[values > 0]
         if nz.size == 0:
             continue
         value = int(np.bincount(nz).argmax())
         if value not in by_value:
             raise DatasetError(p, f"mask value {value} is not in the category's defects_config.json")
-        out.append((p, by_value[value]))
+        out.append((values > 0, by_value[value]))
     return out
 
 
@@ -320,10 +327,11 @@ def evaluate(
                     resized += 1
                 if score is None:
                     score = float(amap.max())
-                mask = load_masks(s.mask_paths, shape)
-                regions = (
-                    [(load_masks((p,), shape), c) for p, c in _region_configs(s, configs)] if configs else []
-                )
+                if configs:
+                    regions = _regions(s, configs, shape)
+                    mask = np.logical_or.reduce([r for r, _ in regions]) if regions else np.zeros(shape, bool)
+                else:
+                    regions, mask = [], load_masks(s.mask_paths, shape)
                 for sub in subsets:
                     if _in_subset(s.label, sub):
                         pixel[sub].update(mask, amap)
