@@ -33,12 +33,12 @@ from vlmad.metrics.pixel import PixelMetrics
 from vlmad.metrics.ranking import (
     DEFAULT_MAX_EXACT,
     Curve,
-    RankAccumulator,
     curve_auroc,
     curve_average_precision,
     curve_f1_max,
     curve_precision_at_recall,
     pr_points,
+    rank_curve,
     roc_points,
 )
 from vlmad.metrics.spro import SPRO_LIMITS, SproMetrics
@@ -130,7 +130,7 @@ class Evaluation:
                 w.writerow(asdict(r))
         payload = {
             "method": self.method,
-            "rows": [{**asdict(r), "value": _json_float(r.value)} for r in self.rows],
+            "rows": [{**asdict(r), "value": json_float(r.value)} for r in self.rows],
             "thresholds": {c: t.to_dict() for c, t in self.thresholds.items()},
             "notes": self.notes,
         }
@@ -138,8 +138,9 @@ class Evaluation:
         return {"csv": csv_path, "json": json_path}
 
 
-def _json_float(v: float) -> float | None:
-    return None if math.isnan(v) else v
+def json_float(v: float | None) -> float | None:
+    """A number for JSON: NaN (undefined) and None become null."""
+    return None if v is None or math.isnan(v) else float(v)
 
 
 def _thin(x: np.ndarray, y: np.ndarray, n: int = CURVE_POINTS) -> tuple[np.ndarray, np.ndarray]:
@@ -440,9 +441,7 @@ def _image_rows(
         for m in ("image_auroc", "image_ap", "image_f1_max", "image_precision_at_recall_1"):
             add(m, nan, note)
     else:
-        acc = RankAccumulator(max_exact=None)
-        acc.update(scores, ~labels)
-        curve = acc.compute()
+        curve = rank_curve(labels, scores)
         f1, thr = curve_f1_max(curve)
         add("image_auroc", curve_auroc(curve))
         add("image_ap", curve_average_precision(curve))

@@ -363,7 +363,8 @@ def curve_precision_at_recall(curve: Curve, recall: float = 1.0) -> tuple[float,
 # --- functional API on arrays --------------------------------------------------------------------------
 
 
-def _curve(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> Curve:
+def rank_curve(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> Curve:
+    """The exact :class:`Curve` of labelled scores (True/1 = anomalous), validated."""
     y = check_labels(np.asarray(labels))
     s = check_scores(np.asarray(scores))
     if y.size != s.size:
@@ -380,28 +381,28 @@ def auroc(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndar
 
     Raises ValueError on NaN scores, mismatched lengths, or when only one class is present.
     """
-    return curve_auroc(_curve(labels, scores))
+    return curve_auroc(rank_curve(labels, scores))
 
 
 def average_precision(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Average precision (area under the PR curve, step-wise as scikit-learn); anomalous = positive."""
-    return curve_average_precision(_curve(labels, scores))
+    return curve_average_precision(rank_curve(labels, scores))
 
 
 def f1_max(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """``(best F1, threshold)`` over all thresholds; anomalous iff ``score >= threshold``."""
-    return curve_f1_max(_curve(labels, scores))
+    return curve_f1_max(rank_curve(labels, scores))
 
 
 def precision_at_recall(
     labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, recall: float = 1.0
 ) -> float:
     """Precision at the highest threshold that reaches ``recall`` (1.0: the threshold missing no anomaly)."""
-    return curve_precision_at_recall(_curve(labels, scores), recall)[0]
+    return curve_precision_at_recall(rank_curve(labels, scores), recall)[0]
 
 
 def roc_curve(
     labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) arrays from (0, 0) to (1, 1)."""
-    return roc_points(_curve(labels, scores))
+    return roc_points(rank_curve(labels, scores))

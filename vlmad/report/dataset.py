@@ -6,7 +6,7 @@ import numpy as np
 
 from vlmad.data.images import load_image, load_mask
 from vlmad.records import Manifest, Sample
-from vlmad.report.html import Card, HtmlReport
+from vlmad.report.html import Card, HtmlReport, pyplot
 from vlmad.report.overlay import outline_masks
 from vlmad.report.tables import count_matrix, defect_rows
 
@@ -41,11 +41,7 @@ def pick_examples(manifest: Manifest, per_label: int = 2) -> list[Sample]:
 
 def counts_chart(manifest: Manifest, report: HtmlReport) -> str:
     """A stacked bar chart of test images per category and label, saved as a report asset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     counts = manifest.counts("category", "split", "label")
     cats = manifest.categories
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
@@ -76,10 +72,7 @@ def counts_chart(manifest: Manifest, report: HtmlReport) -> str:
     ax.legend(fontsize=7, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    path = report.asset_path("counts_chart")
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return str(report.save_figure(fig, "counts_chart"))
 
 
 def add_dataset_section(report: HtmlReport, manifest: Manifest, per_label: int = 2) -> None:

@@ -32,9 +32,9 @@ import numpy as np
 from vlmad.data.images import load_image, load_mask
 from vlmad.data.maps import load_map, resize_map
 from vlmad.errors import VlmadError
-from vlmad.metrics.evaluate import MEAN, Evaluation, ImageResult, MetricRow
+from vlmad.metrics.evaluate import MEAN, Evaluation, ImageResult, MetricRow, json_float
 from vlmad.records import LABELS, Manifest
-from vlmad.report.html import Card, HtmlReport
+from vlmad.report.html import Card, HtmlReport, pyplot
 from vlmad.report.overlay import outline_masks
 
 #: Shown for a metric that is undefined (NaN), e.g. AUROC of a category without anomalous images.
@@ -315,10 +315,6 @@ def _table_specs(evaluations: Sequence[Evaluation]) -> list[_Spec]:
     return specs
 
 
-def _json_float(v: float | None) -> float | None:
-    return None if v is None or math.isnan(v) else float(v)
-
-
 def save_tables(evaluations: Sequence[Evaluation], folder: str | Path) -> dict[str, Path]:
     """Write every table of the report with raw numbers (fractions, not percentages) into ``folder``.
 
@@ -347,7 +343,7 @@ def save_tables(evaluations: Sequence[Evaluation], folder: str | Path) -> dict[s
             {
                 "category": cat,
                 "method": method,
-                "values": {n: _json_float(c.value) for n, c in zip(names, cells, strict=True) if c.row},
+                "values": {n: json_float(c.value) for n, c in zip(names, cells, strict=True) if c.row},
                 "oracle": [n for n, c in zip(names, cells, strict=True) if c.oracle],
             }
             for cat, method, cells in grid
@@ -361,23 +357,6 @@ def save_tables(evaluations: Sequence[Evaluation], folder: str | Path) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(report: HtmlReport, fig: Any, stem: str) -> Path:
-    plt = _pyplot()
-    path = report.asset_path(stem)
-    fig.savefig(path, dpi=FIG_DPI)
-    plt.close(fig)
-    return path
-
-
 _PANELS = (  # kind, title, x label, y label, metric for the legend, its short name
     ("roc", "Image ROC", "false-positive rate", "true-positive rate", "image_auroc", "AUROC"),
     ("pr", "Image precision-recall", "recall", "precision", "image_ap", "AP"),
@@ -406,7 +385,7 @@ def curves_figure(report: HtmlReport, evaluations: Sequence[Evaluation], categor
     ]
     if not panels:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
     several = len(evaluations) > 1
     for ax, (kind, title, xlabel, ylabel, metric, short) in zip(axes[0], panels, strict=True):
@@ -431,7 +410,7 @@ def curves_figure(report: HtmlReport, evaluations: Sequence[Evaluation], categor
         ax.legend(fontsize=6.5, loc="lower right" if kind != "pr" else "lower left")
     fig.suptitle(category, fontsize=10)
     fig.tight_layout()
-    return _save_figure(report, fig, f"curves_{category}")
+    return report.save_figure(fig, f"curves_{category}", FIG_DPI)
 
 
 def histogram_figure(report: HtmlReport, evaluation: Evaluation) -> Path | None:
@@ -444,7 +423,7 @@ def histogram_figure(report: HtmlReport, evaluation: Evaluation) -> Path | None:
             by_cat.setdefault(im.category, []).append(im)
     if not by_cat:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     n = len(by_cat)
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
@@ -475,7 +454,7 @@ def histogram_figure(report: HtmlReport, evaluation: Evaluation) -> Path | None:
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6.5)
     fig.tight_layout()
-    return _save_figure(report, fig, f"histograms_{evaluation.method}")
+    return report.save_figure(fig, f"histograms_{evaluation.method}", FIG_DPI)
 
 
 # ---------------------------------------------------------------------------------------------- overlays

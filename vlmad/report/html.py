@@ -36,6 +36,16 @@ figure{margin:1rem 0}figcaption{font-size:.85rem;color:#555}
 """
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend, imported only when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 @dataclass
 class Card:
     """One image in a grid: the picture, a title, a label tag and a caption (all text escaped)."""
@@ -113,6 +123,13 @@ class HtmlReport:
         self._n += 1
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)[:60]
         return self.assets / f"{self._n:04d}_{safe}{suffix}"
+
+    def save_figure(self, fig: Any, stem: str, dpi: int | None = None) -> Path:
+        """Write a matplotlib figure as a PNG asset, close it, and return its path."""
+        path = self.asset_path(stem)
+        fig.savefig(path, dpi=dpi or "figure")
+        pyplot().close(fig)
+        return path
 
     def save_asset(self, image: np.ndarray, max_side: int = 256, stem: str = "img") -> str:
         """Write an RGB image as a PNG asset (downscaled to ``max_side``); returns its relative link."""
