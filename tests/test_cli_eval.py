@@ -42,7 +42,7 @@ def maps_dir(dataset: Path) -> Path:
         )
         for s in m.filter(category=cat, split="test"):
             rel = s.image_path.relative_to(m.info.root).with_suffix(".tiff")
-            save_map(out / rel, det.predict_one(load_image(s.image_path)))
+            save_map(out / rel, det.predict_one(load_image(s.image_path))[1])
     return out
 
 

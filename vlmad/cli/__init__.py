@@ -13,6 +13,7 @@ import typer
 from vlmad import __version__
 from vlmad.cli.data import app as data_app
 from vlmad.cli.demo import demo
+from vlmad.cli.detect import app as detect_app
 from vlmad.cli.eval import app as eval_app
 from vlmad.errors import VlmadError
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
+app.add_typer(detect_app, name="detect")
 app.command("demo")(demo)
 
 

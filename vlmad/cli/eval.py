@@ -70,7 +70,7 @@ def _print_summary(evaluation: Evaluation, out: Path) -> None:
     console.print(f"tables and report in {out}", soft_wrap=True)
 
 
-def _evaluate_and_report(manifest: Manifest, preds: list[Prediction], out: Path, **options: Any) -> None:
+def evaluate_and_report(manifest: Manifest, preds: list[Prediction], out: Path, **options: Any) -> None:
     """Evaluate (progress bar over the maps), write tables and report.html to ``out``, print a summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -142,7 +142,7 @@ def maps(
             f"(first: {rel}.tiff|.npy|.png); pass --allow-missing to evaluate the rest",
         )
     out = out or maps_dir.with_name(maps_dir.name + "-eval")
-    _evaluate_and_report(manifest, preds, out, method=name, fpr_limit=fpr_limit, allow_missing=allow_missing)
+    evaluate_and_report(manifest, preds, out, method=name, fpr_limit=fpr_limit, allow_missing=allow_missing)
 
 
 @app.command()
@@ -169,7 +169,7 @@ def predictions(
     if threshold != "none" and any(p.score is not None for p in preds):
         thresholds = calibrate_thresholds(manifest, preds, threshold, q=q, fpr=fpr, value=value)
     out = out or predictions_file.with_name(predictions_file.stem + "-eval")
-    _evaluate_and_report(
+    evaluate_and_report(
         manifest, preds, out, thresholds=thresholds, use_maps=not no_maps, allow_missing=allow_missing
     )
 
