@@ -19,11 +19,39 @@ TINY = {
     },
 }
 
+# the demo's detectors on a small random backbone (the real demo uses wide_resnet50_2 at 256 px)
+SMALL = {"backbone": "resnet18", "weights": "random", "image_size": 64}
+TINY_DETECTORS = {
+    "pixel-gaussian": {},
+    "patchcore": {**SMALL, "layers": [2, 3]},
+    "padim": {**SMALL, "layers": [1, 2, 3]},
+    "ridge": SMALL,
+}
+TINY_SHIFT = {
+    "method": "patchcore",
+    "options": {**SMALL, "layers": [2, 3]},
+    "synth": {
+        "categories": ["pushpins"],
+        "size": 96,
+        "seed": 1,
+        "counts": {
+            "train_good": 3,
+            "validation_good": 2,
+            "test_good": 2,
+            "test_logical": 1,
+            "test_structural": 2,
+        },
+    },
+    "shifts": "lighting:0.7,position:0.4",
+}
+STAGES = ["synth", "manifest", "validate", "detect", "imaging", "report"]
+
 
 def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
     seen: list[str] = []
-    ctx = run_demo(DemoContext(out=tmp_path, synth=TINY, workers=1), on_stage=lambda n, s, t: seen.append(n))
-    assert seen == ["synth", "manifest", "validate", "evaluate", "report"]
+    ctx = DemoContext(out=tmp_path, synth=TINY, workers=1, detectors=TINY_DETECTORS, shift_study=TINY_SHIFT)
+    run_demo(ctx, on_stage=lambda n, s, t: seen.append(n))
+    assert seen == STAGES
     m = Manifest.load(tmp_path / "manifest.jsonl")
     assert len(m) == 5 * 8 and ctx.problems == []
     page = (tmp_path / "report.html").read_text()
@@ -36,11 +64,30 @@ def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
     for s in m.filter(split="test", label=["logical", "structural"]):  # 2 per label: all are shown
         assert html.escape(s.metadata["description"]) in page
     stages = json.loads((tmp_path / "stages.json").read_text())
-    assert set(stages) == {"synth", "manifest", "validate", "evaluate", "report"}
-    # the evaluation stage scored every test image with the labelled trivial baseline, and the report shows it
-    preds = [json.loads(x) for x in (tmp_path / "runs" / "pixel-gaussian" / "predictions.jsonl").open()]
-    assert {p["sample_id"] for p in preds} == {s.id for s in m.filter(split=["validation", "test"])}
+    assert set(stages) == set(STAGES)
+    # every detector scored every validation and test image; the report shows each in the documents' layouts
+    for name in TINY_DETECTORS:
+        preds = [json.loads(x) for x in (tmp_path / "runs" / name / "predictions.jsonl").open()]
+        assert {p["sample_id"] for p in preds} == {s.id for s in m.filter(split=["validation", "test"])}
+        rows = json.loads((tmp_path / "runs" / name / "eval" / "metrics.json").read_text())["rows"]
+        assert {r["category"] for r in rows} == {*m.categories, "mean"}
+        if name != "pixel-gaussian":  # the random backbone is flagged in every record
+            assert all(p["metadata"]["random_backbone"] is True for p in preds)
     assert "trivial baseline" in page
+    for caption in (
+        "Document 000 layout",
+        "Document 001 layout",
+        "Document 002 layout",
+        "PatchCore",
+        "PaDiM",
+    ):
+        assert caption in page
+    assert page.count("RANDOM BACKBONE") >= 1 and ctx.warnings
     assert "image_auroc" in (tmp_path / "tables" / "image_metrics.csv").read_text()
-    rows = json.loads((tmp_path / "runs" / "pixel-gaussian" / "eval" / "metrics.json").read_text())["rows"]
-    assert {r["category"] for r in rows} == {*m.categories, "mean"}
+    # the imaging study ran its three conditions
+    assert [r.condition for r in ctx.shift_results] == [
+        "uniform",
+        "train uniform, test shifted",
+        "both shifted",
+    ]
+    assert "Change against uniform imaging" in page

@@ -30,6 +30,35 @@ DEMO_SYNTH: dict[str, Any] = {
     },
 }
 
+# The detectors of the demo, by registry name, with their options. PatchCore and ridge regression use the
+# documents' backbone (wide_resnet50_2, layers 2+3); PaDiM uses the ResNet-18 of anomalib's default PaDiM
+# (its per-position covariances over wide_resnet50_2's layers 1-3 need about 5 GB at 256 px). Backbone
+# weights are "auto": pretrained where they can be loaded, otherwise random and flagged as such everywhere.
+DEMO_DETECTORS: dict[str, dict[str, Any]] = {
+    "pixel-gaussian": {},
+    "patchcore": {"backbone": "wide_resnet50_2", "layers": [2, 3]},
+    "padim": {"backbone": "resnet18", "layers": [1, 2, 3]},
+    "ridge": {"backbone": "wide_resnet50_2"},
+}
+# The imaging study: PatchCore on two categories imaged uniformly and with lighting/shadow/position shifts.
+DEMO_SHIFT_STUDY: dict[str, Any] = {
+    "method": "patchcore",
+    "options": {"backbone": "wide_resnet50_2", "layers": [2, 3]},
+    "synth": {
+        "categories": ["breakfast_box", "screw_bag"],
+        "size": 256,
+        "seed": 1,
+        "counts": {
+            "train_good": 20,
+            "validation_good": 5,
+            "test_good": 10,
+            "test_logical": 5,
+            "test_structural": 10,
+        },
+    },
+    "shifts": "lighting:0.7,shadow:0.6,position:0.4",
+}
+
 
 @dataclass
 class DemoContext:
@@ -43,7 +72,12 @@ class DemoContext:
     timings: dict[str, float] = field(default_factory=dict)
     summaries: dict[str, str] = field(default_factory=dict)
     progress: Callable[[str, int, int], None] | None = None
+    detectors: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEMO_DETECTORS))
+    shift_study: dict[str, Any] | None = field(default_factory=lambda: dict(DEMO_SHIFT_STUDY))
     evaluations: list[Any] = field(default_factory=list)  # vlmad.metrics.evaluate.Evaluation
+    detector_runs: list[Any] = field(default_factory=list)  # vlmad.detectors.run.RunResult
+    shift_results: list[Any] = field(default_factory=list)  # vlmad.detectors.study.ShiftResult
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -88,40 +122,73 @@ def stage_validate(ctx: DemoContext) -> str:
     return f"{errors} errors, {len(ctx.problems) - errors} warnings"
 
 
-def stage_evaluate(ctx: DemoContext) -> str:
-    """Score the test images with a trivial baseline and evaluate it (until real detectors take its place).
-
-    The baseline (per-pixel colour z-scores against the training normals) is labelled as such everywhere;
-    its threshold is calibrated on the validation normals, never on the test set.
-    """
+def _detector_run(ctx: DemoContext, name: str, options: dict[str, Any]) -> tuple[Any, Any]:
+    """Fit, predict and evaluate one detector on the demo data; returns (RunResult, Evaluation)."""
     from vlmad.data.predictions import read_predictions
-    from vlmad.detectors.pixel_gaussian import PixelGaussian
-    from vlmad.detectors.run import predict_manifest
+    from vlmad.detectors.base import detector_class
+    from vlmad.detectors.run import run_detector
     from vlmad.metrics.evaluate import calibrate_thresholds, evaluate
 
     assert ctx.manifest is not None
-    run_dir = ctx.out / "runs" / "pixel-gaussian"
-    path = predict_manifest(
-        PixelGaussian,
+    run_dir = ctx.out / "runs" / name
+    result = run_detector(
+        name,
         ctx.manifest,
         run_dir,
-        PixelGaussian.name,
-        progress=(lambda d, t: ctx.progress("evaluate", d, t)) if ctx.progress else None,
+        run_id=detector_class(name).label,
+        options=options,
+        progress=(lambda phase, d, t: ctx.progress(f"detect {name}: {phase}", d, t))
+        if ctx.progress
+        else None,
     )
-    preds = read_predictions(path)
+    preds = read_predictions(result.predictions)
     thresholds = calibrate_thresholds(ctx.manifest, preds, "target-fpr", fpr=0.05)
-    evaluation = evaluate(
-        ctx.manifest,
-        preds,
-        thresholds=thresholds,
-        progress=(lambda d, t: ctx.progress("evaluate", d, t)) if ctx.progress else None,
-    )
+    evaluation = evaluate(ctx.manifest, preds, thresholds=thresholds)
     evaluation.save(run_dir / "eval")
-    ctx.evaluations = [evaluation]
-    return (
-        f"{PixelGaussian.name}: image AUROC {evaluation.value('image_auroc'):.3f}, "
-        f"pixel AUPRO {evaluation.value('pixel_aupro_0.3'):.3f} (mean over categories) -> {run_dir}"
+    return result, evaluation
+
+
+def stage_detect(ctx: DemoContext) -> str:
+    """Fit the patch detectors on each category's training normals, predict validation and test images,
+    evaluate with thresholds calibrated on the validation normals (never on the test set).
+
+    The trivial pixel-Gaussian baseline runs first as the floor every detector must beat.
+    """
+    parts = []
+    for name, options in ctx.detectors.items():
+        result, evaluation = _detector_run(ctx, name, options)
+        ctx.evaluations.append(evaluation)
+        ctx.detector_runs.append(result)
+        for w in result.warnings:
+            if w not in ctx.warnings:
+                ctx.warnings.append(w)
+        parts.append(f"{name} img AUROC {evaluation.value('image_auroc'):.3f}")
+    random = " (RANDOM backbones: no pretrained weights offline)" if ctx.warnings else ""
+    return ", ".join(parts) + random
+
+
+def stage_imaging(ctx: DemoContext) -> str:
+    """The uniform-vs-shifted imaging study (documents 000 and 003) with one detector on generated data."""
+    from vlmad.detectors.study import imaging_shift_study
+
+    if not ctx.shift_study:
+        return "skipped"
+    study = dict(ctx.shift_study)
+    method = study.pop("method")
+    ctx.shift_results = imaging_shift_study(
+        ctx.out / "imaging",
+        method=method,
+        options=study.pop("options", {}),
+        synth=study.pop("synth"),
+        shifts=study.pop("shifts"),
+        workers=ctx.workers,
+        progress=(lambda phase, d, t: ctx.progress(f"imaging {phase}", d, t)) if ctx.progress else None,
     )
+    parts = []
+    for r in ctx.shift_results:
+        img, px = r.evaluation.value("image_auroc"), r.evaluation.value("pixel_auroc")
+        parts.append(f"{r.condition}: img AUROC {img:.3f} / px {px:.3f}")
+    return ", ".join(parts)
 
 
 def stage_report(ctx: DemoContext) -> str:
@@ -143,10 +210,20 @@ def stage_report(ctx: DemoContext) -> str:
             report.note(str(p), "error" if p.severity == "error" else "warning")
     add_dataset_section(report, ctx.manifest)
     if ctx.evaluations:
+        from vlmad.report.detectors import add_detector_section
         from vlmad.report.evaluation import add_evaluation_section, save_tables
 
         save_tables(ctx.evaluations, ctx.out / "tables")
-        add_evaluation_section(report, ctx.evaluations, ctx.manifest, title="Evaluation (trivial baseline)")
+        n_scored = sum(1 for s in ctx.manifest if s.split in ("validation", "test"))
+        add_detector_section(
+            report,
+            ctx.evaluations,
+            warnings=ctx.warnings,
+            scoring_seconds=[r.predict_seconds for r in ctx.detector_runs] if ctx.detector_runs else None,
+            n_scored=n_scored,
+            shift=ctx.shift_results,
+        )
+        add_evaluation_section(report, ctx.evaluations, ctx.manifest, title="Evaluation details")
     path = report.save("report.html")
     return str(path)
 
@@ -155,7 +232,8 @@ STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("synth", stage_synth),
     ("manifest", stage_manifest),
     ("validate", stage_validate),
-    ("evaluate", stage_evaluate),
+    ("detect", stage_detect),
+    ("imaging", stage_imaging),
     ("report", stage_report),
 ]
 
