@@ -33,6 +33,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/synth_speed.py
 	$(PY) bench/cli_startup.py
 	$(PY) bench/metrics.py
+	$(PY) bench/detectors.py
 
 clean-demo:
 	rm -rf runs/demo

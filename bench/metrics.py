@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from _util import peak_rss_mb
 
 from vlmad.metrics import PixelMetrics, aupro, auroc, average_precision
 from vlmad.metrics.ranking import DEFAULT_MAX_EXACT
@@ -106,23 +106,6 @@ def stream(seed: int, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 # --- child processes: only our metric, for peak RSS ----------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB.
-
-    ``VmHWM`` of the process's own address space: ``ru_maxrss`` is not used because Linux carries the
-    parent's peak over into a child across fork/exec, which here would report the parent's torch and
-    input instead of the child's.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
-
-
 def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     if kind == "pixel":
@@ -133,7 +116,7 @@ def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         pairs = stream(args.seed, args.stream_maps)
         max_exact = None if kind == "stream-exact" else DEFAULT_MAX_EXACT
         metric = PixelMetrics(fpr_limit=FPR_LIMIT, max_exact=max_exact)
-    before = _peak_rss_mb()
+    before = peak_rss_mb()
     tracemalloc.start()
     for mask, amap in pairs:
         metric.update(mask, amap)
@@ -142,7 +125,7 @@ def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     tracemalloc.stop()
     out = result.to_dict()
     out.update(
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
         rss_before_mb=before,
         traced_peak_mb=traced_peak,
         wall_s=time.perf_counter() - t0,
