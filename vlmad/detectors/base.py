@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -106,7 +107,7 @@ def _name(items: Sequence[ImageInput], i: int) -> str:
     return str(item) if isinstance(item, str | Path) else f"image {i}"
 
 
-class Detector:
+class Detector(ABC):
     """Base class of the patch detectors (see the module docstring for the contract)."""
 
     method: ClassVar[str] = ""  # registry name, e.g. "patchcore"
@@ -227,22 +228,25 @@ class Detector:
         scores, maps = self.predict([image])
         return float(scores[0]), maps[0]
 
+    @abstractmethod
     def _fit(self, images: list[np.ndarray], progress: Progress | None) -> None:
-        raise NotImplementedError
+        """Fit on RGB uint8 arrays of one size (already checked)."""
 
+    @abstractmethod
     def _predict(
         self, images: list[np.ndarray], progress: Progress | None
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        raise NotImplementedError
+        """Scores and maps (any size; :meth:`predict` resizes them to each input's size)."""
 
     # ---- persistence --------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Fitted tensors and JSON-able fitted metadata (besides ``input_size_``)."""
-        raise NotImplementedError
+        """Fitted tensors and JSON-able fitted metadata (besides ``input_size_``); a detector that does not
+        override it cannot be saved."""
+        raise DetectorError(f"{self.method}: this detector cannot be saved")
 
     def _set_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Restore what :meth:`_state` returned; raise DetectorError when it does not fit the parameters."""
-        raise NotImplementedError
+        """Restore what :meth:`_state` returned; raise ValueError when it does not fit the parameters."""
+        raise DetectorError(f"{self.method}: this detector cannot be loaded")
 
     def save(self, directory: str | Path) -> Path:
         """Write ``detector.json`` and ``weights.safetensors`` to ``directory``; returns the directory."""
