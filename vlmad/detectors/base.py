@@ -132,6 +132,13 @@ class Detector(ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    def _require_positive_ints(self, *names: str) -> None:
+        """ConfigError naming the first of ``names`` whose value is not an integer >= 1."""
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{self.method}: {name} must be a positive integer, got {v!r}")
+
     # ---- backbone ---------------------------------------------------------------------------------
     def _make_features(self) -> FeatureExtractor:
         """The feature extractor described by the standard backbone parameters of ``self``."""

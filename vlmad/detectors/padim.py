@@ -181,8 +181,7 @@ class PaDiM(Detector):
             raise ConfigError(
                 f"padim: n_features must be a positive integer or None, got {self.n_features!r}"
             )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"padim: batch_size must be a positive integer, got {self.batch_size!r}")
+        self._require_positive_ints("batch_size")
 
     def _resolved_n_features(self, dim: int) -> int:
         if self.n_features is None:

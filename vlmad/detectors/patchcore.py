@@ -170,10 +170,7 @@ class PatchCore(Detector):
 
     # ---- parameters -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        for name in ("projection_dim", "num_neighbors", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"patchcore: {name} must be a positive integer, got {v!r}")
+        self._require_positive_ints("projection_dim", "num_neighbors", "batch_size")
         r = self.coreset_ratio
         if isinstance(r, bool) or not isinstance(r, int | float) or not 0 < r <= 1:
             raise ConfigError(

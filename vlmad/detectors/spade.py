@@ -90,10 +90,7 @@ class SPADE(Detector):
 
     # ---- parameters -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        for name in ("top_k_images", "k_pixel", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"spade: {name} must be a positive integer, got {v!r}")
+        self._require_positive_ints("top_k_images", "k_pixel", "batch_size")
         if not (isinstance(self.sigma, int | float) and self.sigma >= 0):
             raise ConfigError(f"spade: sigma must be >= 0 pixels (0 = no blur), got {self.sigma!r}")
         for name, allowed in (
