@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import resource
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def peak_rss_mb() -> float:
@@ -20,3 +24,12 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+
+
+def finish(results: dict[str, Any], failures: list[str], json_path: str | None) -> None:
+    """Write ``results`` to ``json_path`` (if given), print each missed target and exit 1 if any."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+    for f in failures:
+        print(f"TARGET MISSED: {f}")
+    sys.exit(1 if failures else 0)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _util import peak_rss_mb
+from _util import finish, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's per-selection progress bar floods the output
@@ -462,11 +462,7 @@ def main() -> None:
         )
         if mem["peak_rss_mb"] >= 4096:
             failures.append(f"PatchCore fit peak {mem['peak_rss_mb']:.0f} MB")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-    for f in failures:
-        print(f"TARGET MISSED: {f}")
-    sys.exit(1 if failures else 0)
+    finish(results, failures, args.json)
 
 
 if __name__ == "__main__":
