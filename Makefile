@@ -34,6 +34,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/cli_startup.py
 	$(PY) bench/metrics.py
 	$(PY) bench/detectors.py
+	$(PY) bench/zeroshot.py --clip tiny
 
 clean-demo:
 	rm -rf runs/demo

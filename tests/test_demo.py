@@ -44,7 +44,7 @@ TINY_SHIFT = {
     },
     "shifts": "lighting:0.7,position:0.4",
 }
-STAGES = ["synth", "manifest", "validate", "detect", "imaging", "report"]
+STAGES = ["synth", "manifest", "validate", "detect", "zeroshot", "imaging", "report"]
 
 
 def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
@@ -91,3 +91,10 @@ def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
         "both shifted",
     ]
     assert "Change against uniform imaging" in page
+    # WinCLIP and MuSc with the tiny random CLIP: every image scored, rows in the same tables, flagged
+    for name in ("winclip", "musc"):
+        preds = [json.loads(x) for x in (tmp_path / "runs" / f"zeroshot-{name}" / "predictions.jsonl").open()]
+        assert {p["sample_id"] for p in preds} == {s.id for s in m.filter(split=["validation", "test"])}
+        assert all(p["metadata"]["random_clip"] is True for p in preds)
+    for row in ("WinCLIP [tiny random CLIP]", "MuSc [tiny random CLIP]", "TINY RANDOM CLIP"):
+        assert row in page

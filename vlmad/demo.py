@@ -58,6 +58,10 @@ DEMO_SHIFT_STUDY: dict[str, Any] = {
     },
     "shifts": "lighting:0.7,shadow:0.6,position:0.4",
 }
+# The zero-shot baselines of the demo: WinCLIP (zero-shot) and MuSc with a tiny random CLIP of the real
+# architecture written into the run folder (no CLIP weights can be downloaded here); flagged as random.
+DEMO_ZEROSHOT: dict[str, dict[str, Any]] = {"winclip": {}, "musc": {}}
+DEMO_CLIP = "tiny"  # "tiny" = make_tiny_clip(<out>/models/tiny-clip); else a Hub id or a local CLIP folder
 
 
 @dataclass
@@ -77,6 +81,9 @@ class DemoContext:
     evaluations: list[Any] = field(default_factory=list)  # vlmad.metrics.evaluate.Evaluation
     detector_runs: list[Any] = field(default_factory=list)  # vlmad.detectors.run.RunResult
     shift_results: list[Any] = field(default_factory=list)  # vlmad.detectors.study.ShiftResult
+    zeroshot: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEMO_ZEROSHOT))
+    clip: str = DEMO_CLIP
+    zeroshot_runs: list[Any] = field(default_factory=list)  # vlmad.zeroshot.run.ZeroShotRunResult
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -122,12 +129,23 @@ def stage_validate(ctx: DemoContext) -> str:
     return f"{errors} errors, {len(ctx.problems) - errors} warnings"
 
 
+def _evaluate_run(ctx: DemoContext, predictions: Path, eval_dir: Path) -> Any:
+    """Evaluate a run's predictions with thresholds calibrated on the validation normals."""
+    from vlmad.data.predictions import read_predictions
+    from vlmad.metrics.evaluate import calibrate_thresholds, evaluate
+
+    assert ctx.manifest is not None
+    preds = read_predictions(predictions)
+    thresholds = calibrate_thresholds(ctx.manifest, preds, "target-fpr", fpr=0.05)
+    evaluation = evaluate(ctx.manifest, preds, thresholds=thresholds)
+    evaluation.save(eval_dir)
+    return evaluation
+
+
 def _detector_run(ctx: DemoContext, name: str, options: dict[str, Any]) -> tuple[Any, Any]:
     """Fit, predict and evaluate one detector on the demo data; returns (RunResult, Evaluation)."""
-    from vlmad.data.predictions import read_predictions
     from vlmad.detectors.base import detector_class
     from vlmad.detectors.run import run_detector
-    from vlmad.metrics.evaluate import calibrate_thresholds, evaluate
 
     assert ctx.manifest is not None
     run_dir = ctx.out / "runs" / name
@@ -141,11 +159,7 @@ def _detector_run(ctx: DemoContext, name: str, options: dict[str, Any]) -> tuple
         if ctx.progress
         else None,
     )
-    preds = read_predictions(result.predictions)
-    thresholds = calibrate_thresholds(ctx.manifest, preds, "target-fpr", fpr=0.05)
-    evaluation = evaluate(ctx.manifest, preds, thresholds=thresholds)
-    evaluation.save(run_dir / "eval")
-    return result, evaluation
+    return result, _evaluate_run(ctx, result.predictions, run_dir / "eval")
 
 
 def stage_detect(ctx: DemoContext) -> str:
@@ -164,6 +178,43 @@ def stage_detect(ctx: DemoContext) -> str:
                 ctx.warnings.append(w)
         parts.append(f"{name} img AUROC {evaluation.value('image_auroc'):.3f}")
     random = " (RANDOM backbones: no pretrained weights offline)" if ctx.warnings else ""
+    return ", ".join(parts) + random
+
+
+def stage_zeroshot(ctx: DemoContext) -> str:
+    """WinCLIP and MuSc on the demo data with the demo CLIP (a tiny random one offline), evaluated like the
+    detectors so they share the report's tables."""
+    from vlmad.zeroshot.clip import Clip, make_tiny_clip
+    from vlmad.zeroshot.run import run_zeroshot
+
+    if not ctx.zeroshot:
+        return "skipped"
+    assert ctx.manifest is not None
+    source = ctx.clip
+    if source == "tiny":
+        source = str(make_tiny_clip(ctx.out / "models" / "tiny-clip"))
+    clip = Clip.load(source)
+    parts = []
+    for name, options in ctx.zeroshot.items():
+        run_dir = ctx.out / "runs" / f"zeroshot-{name}"
+        result = run_zeroshot(
+            name,
+            ctx.manifest,
+            run_dir,
+            clip,
+            options=options,
+            progress=(lambda phase, d, t, n=name: ctx.progress(f"zeroshot {n}: {phase}", d, t))
+            if ctx.progress
+            else None,
+        )
+        evaluation = _evaluate_run(ctx, result.predictions, run_dir / "eval")
+        ctx.evaluations.append(evaluation)
+        ctx.zeroshot_runs.append(result)
+        for w in result.warnings:
+            if w not in ctx.warnings:
+                ctx.warnings.append(w)
+        parts.append(f"{name} img AUROC {evaluation.value('image_auroc'):.3f}")
+    random = " (tiny RANDOM CLIP)" if clip.info.random else ""
     return ", ".join(parts) + random
 
 
@@ -219,7 +270,9 @@ def stage_report(ctx: DemoContext) -> str:
             report,
             ctx.evaluations,
             warnings=ctx.warnings,
-            scoring_seconds=[r.predict_seconds for r in ctx.detector_runs] if ctx.detector_runs else None,
+            scoring_seconds=[r.predict_seconds for r in [*ctx.detector_runs, *ctx.zeroshot_runs]]
+            if ctx.detector_runs or ctx.zeroshot_runs
+            else None,
             n_scored=n_scored,
             shift=ctx.shift_results,
         )
@@ -233,6 +286,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("manifest", stage_manifest),
     ("validate", stage_validate),
     ("detect", stage_detect),
+    ("zeroshot", stage_zeroshot),
     ("imaging", stage_imaging),
     ("report", stage_report),
 ]

@@ -212,11 +212,8 @@ def run(
     mask_factor: float = typer.Option(0.8, help="Scores outside the object mask are multiplied by this."),
 ) -> None:
     """Fit per category, predict validation and test images, evaluate and write a report; resumes."""
-    from vlmad.cli.eval import evaluate_and_report
     from vlmad.data import read_dataset
-    from vlmad.data.predictions import read_predictions
     from vlmad.detectors.run import run_detector
-    from vlmad.metrics.evaluate import calibrate_thresholds
 
     manifest = read_dataset(dataset, layout=layout)
     cats = _categories(manifest, category)
@@ -232,12 +229,31 @@ def run(
             progress=update,
             object_mask=None if object_mask == "none" else {"method": object_mask, "factor": mask_factor},
         )
-    _warn(result.warnings)
-    preds = read_predictions(result.predictions)
+    evaluate_run(manifest, cats, category, result.predictions, result.warnings, out, threshold, fpr)
+
+
+def evaluate_run(
+    manifest: Manifest,
+    cats: list[str],
+    category: str,
+    predictions: Path,
+    warnings: list[str],
+    out: Path,
+    threshold: str,
+    fpr: float,
+) -> None:
+    """The end of a ``run`` command: calibrate thresholds, evaluate into ``out/eval`` and print the report,
+    with the run's warnings before and after it (they must not scroll by)."""
+    from vlmad.cli.eval import evaluate_and_report
+    from vlmad.data.predictions import read_predictions
+    from vlmad.metrics.evaluate import calibrate_thresholds
+
+    _warn(warnings)
+    preds = read_predictions(predictions)
     sub = manifest.filter(category=cats) if category != "all" else manifest
     thresholds = calibrate_thresholds(sub, preds, threshold, fpr=fpr) if threshold != "none" else {}
     evaluate_and_report(sub, preds, out / "eval", thresholds=thresholds)
-    _warn(result.warnings)
+    _warn(warnings)
 
 
 @app.command()

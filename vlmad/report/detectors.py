@@ -67,7 +67,7 @@ def add_detector_section(
     scoring_seconds: Sequence[float] | None = None,
     n_scored: int | None = None,
     shift: Sequence[ShiftResult] = (),
-    title: str = "Patch detectors in the source documents' layouts",
+    title: str = "Detectors and zero-shot baselines in the source documents' layouts",
 ) -> None:
     """Add the documents' tables for ``evaluations`` (one per method, same dataset), the imaging study
     ``shift`` and every warning. ``scoring_seconds`` (one per evaluation) is the wall time of predicting
