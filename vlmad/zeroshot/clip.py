@@ -19,7 +19,8 @@ same :meth:`Clip.load`; its config carries ``vlmad_random_init`` so every output
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,19 +117,13 @@ class Clip:
                 f"{name}: a {getattr(config, 'model_type', 'unknown')} config, not CLIP (model_type 'clip'); "
                 "the zero-shot methods need a CLIPModel with text and vision towers"
             )
-        from transformers.utils import logging as hf_logging
-
-        bar = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a per-tensor bar on stderr would bury the CLI's messages
         try:
-            model, loading = CLIPModel.from_pretrained(
-                name, trust_remote_code=trust_remote_code, output_loading_info=True
-            )
+            with _quiet_hf():
+                model, loading = CLIPModel.from_pretrained(
+                    name, trust_remote_code=trust_remote_code, output_loading_info=True
+                )
         except (OSError, ValueError) as exc:
             raise ZeroShotError(f"CLIP weights in {name!r} cannot be read: {exc}") from exc
-        finally:
-            if bar:
-                hf_logging.enable_progress_bar()
         missing = [k for k in loading.get("missing_keys", []) if "projection" in k]
         if missing:
             raise ZeroShotError(
@@ -276,6 +271,20 @@ class Clip:
         return glob, proj
 
 
+@contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """transformers' per-tensor progress bars off (they would bury the CLI's messages), then restored."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def _arange(x: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -349,7 +358,8 @@ def make_tiny_clip(
         torch.manual_seed(seed)
         model = CLIPModel(config)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    with _quiet_hf():
+        model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(
         json.dumps(
