@@ -15,8 +15,23 @@ from pathlib import Path
 import numpy as np
 
 from vlmad.errors import DatasetError
+from vlmad.records import Sample
 
 MAP_SUFFIXES = (".tiff", ".tif", ".npy", ".png")
+
+
+def run_map_path(run_dir: str | Path, sample: Sample) -> Path:
+    """Where a sample's map goes inside a run folder: ``maps/<category>/<split>/<sample id>.npy``."""
+    return Path(run_dir) / "maps" / sample.category / sample.split / f"{sample.id.replace('/', '_')}.npy"
+
+
+def write_run_record(run_dir: str | Path, record: dict) -> Path:
+    """Write a run folder's ``run.json`` (settings, warnings) as indented JSON; returns its path."""
+    import json
+
+    path = Path(run_dir) / "run.json"
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
 
 
 def save_map(path: str | Path, amap: np.ndarray) -> Path:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlmad.data.maps import save_map
+from vlmad.data.maps import run_map_path, save_map, write_run_record
 from vlmad.data.predictions import PredictionWriter
 from vlmad.detectors.base import Detector, DetectorError, build
 from vlmad.errors import ConfigError
@@ -139,11 +139,6 @@ def _metadata(detector: Detector) -> dict[str, Any]:
     return meta
 
 
-def map_file(out: Path, sample: Sample) -> Path:
-    """Where a sample's map goes inside a run folder."""
-    return out / "maps" / sample.category / sample.split / f"{sample.id.replace('/', '_')}.npy"
-
-
 def predict_samples(
     detector: Detector,
     samples: Sequence[Sample],
@@ -175,7 +170,7 @@ def predict_samples(
         scores, maps = target.predict([s.image_path for s in batch])
         infos = getattr(target, "infos_", [None] * len(batch))
         for s, score, amap, info in zip(batch, scores, maps, infos, strict=True):
-            path = save_map(map_file(out, s), amap)
+            path = save_map(run_map_path(out, s), amap)
             extra = {} if info is None else {"mask_fallback": info.fallback, "mask_coverage": info.coverage}
             writer.write(
                 Prediction(
@@ -283,22 +278,17 @@ def run_detector(
             result.predict_seconds += time.perf_counter() - start
             done += n
             result.n_predicted += n
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "run_id": run_id,
-                "method": name,
-                "options": options,
-                "object_mask": object_mask,
-                "categories": described,
-                "warnings": result.warnings,
-                "dataset": str(manifest.info.root),
-            },
-            indent=1,
-            default=str,
-        )
-        + "\n",
-        encoding="utf-8",
+    write_run_record(
+        out,
+        {
+            "run_id": run_id,
+            "method": name,
+            "options": options,
+            "object_mask": object_mask,
+            "categories": described,
+            "warnings": result.warnings,
+            "dataset": str(manifest.info.root),
+        },
     )
     return result
 

@@ -21,7 +21,6 @@ images, good images as normal).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmad.data.maps import save_map
+from vlmad.data.maps import run_map_path, save_map, write_run_record
 from vlmad.data.predictions import PredictionWriter
 from vlmad.errors import ConfigError
 from vlmad.records import Manifest, Prediction, Sample
@@ -51,11 +50,6 @@ class ZeroShotRunResult:
     fit_seconds: float = 0.0  # AnomalyCLIP prompt training in this call
     predict_seconds: float = 0.0  # scoring (maps and records written) in this call
     trained_on: dict[str, list[str]] = field(default_factory=dict)  # tested category -> training categories
-
-
-def map_file(out: Path, sample: Sample) -> Path:
-    """Where a sample's map goes inside a run folder."""
-    return out / "maps" / sample.category / sample.split / f"{sample.id.replace('/', '_')}.npy"
 
 
 def reference_images(manifest: Manifest, category: str, k: int, seed: int = 0) -> list[Path]:
@@ -121,7 +115,7 @@ def _write(
     for s, score, amap in zip(samples, scores, maps, strict=True):
         if (s.id, None) in writer.done:
             continue
-        path = save_map(map_file(out, s), amap)
+        path = save_map(run_map_path(out, s), amap)
         writer.write(
             Prediction(sample_id=s.id, run_id=writer.run_id, score=float(score), map_path=path, metadata=meta)
         )
@@ -207,24 +201,19 @@ def run_zeroshot(
                     if progress:
                         progress(f"score {cat}", done, len(todo_all))
                 result.predict_seconds += time.perf_counter() - start
-    (out / "run.json").write_text(
-        json.dumps(
-            {
-                "run_id": run_id,
-                "method": method,
-                "options": options,
-                "k_shot": k_shot,
-                "clip": clip.info.describe(),
-                "categories": described,
-                "trained_on": result.trained_on,
-                "warnings": result.warnings,
-                "dataset": str(manifest.info.root),
-            },
-            indent=1,
-            default=str,
-        )
-        + "\n",
-        encoding="utf-8",
+    write_run_record(
+        out,
+        {
+            "run_id": run_id,
+            "method": method,
+            "options": options,
+            "k_shot": k_shot,
+            "clip": clip.info.describe(),
+            "categories": described,
+            "trained_on": result.trained_on,
+            "warnings": result.warnings,
+            "dataset": str(manifest.info.root),
+        },
     )
     return result
 
