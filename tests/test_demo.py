@@ -44,7 +44,7 @@ TINY_SHIFT = {
     },
     "shifts": "lighting:0.7,position:0.4",
 }
-STAGES = ["synth", "manifest", "validate", "detect", "zeroshot", "imaging", "report"]
+STAGES = ["synth", "manifest", "validate", "qa", "detect", "zeroshot", "imaging", "report"]
 
 
 def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
@@ -98,3 +98,15 @@ def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
         assert all(p["metadata"]["random_clip"] is True for p in preds)
     for row in ("WinCLIP [tiny random CLIP]", "MuSc [tiny random CLIP]", "TINY RANDOM CLIP"):
         assert row in page
+    # the QA build: template QA for every image, the split by image, the three exports, shown in the report
+    qa = ctx.qa_build
+    assert qa is not None and qa.template_inserted
+    assert qa.items_by_source == {"template": qa.template_inserted}
+    assert sum(qa.split_counts.values()) == len(m)
+    export = json.loads((tmp_path / "qa" / "export.json").read_text())
+    assert export["formats"] == ["llava", "messages", "hf"]
+    llava = json.loads((tmp_path / "qa" / "llava" / "train.json").read_text())
+    assert {row["image"][1] for row in llava} == {
+        s.image_path.relative_to(m.info.root).as_posix() for s in m.filter(split="train")
+    }
+    assert "QA annotations" in page and "Partial-supervision split" in page

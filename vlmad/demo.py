@@ -61,7 +61,13 @@ DEMO_SHIFT_STUDY: dict[str, Any] = {
 # The zero-shot baselines of the demo: WinCLIP (zero-shot) and MuSc with a tiny random CLIP of the real
 # architecture written into the run folder (no CLIP weights can be downloaded here); flagged as random.
 DEMO_ZEROSHOT: dict[str, dict[str, Any]] = {"winclip": {}, "musc": {}}
-DEMO_CLIP = "tiny"  # "tiny" = make_tiny_clip(<out>/models/tiny-clip); else a Hub id or a local CLIP folder
+DEMO_CLIP = "tiny"
+# The QA build of the demo: template QA from ground truth (offline), document 004's split, all exports.
+DEMO_QA: dict[str, Any] = {
+    "fraction": 0.1,
+    "seed": 0,
+    "variants": 2,
+}  # "tiny" = make_tiny_clip(<out>/models/tiny-clip); else a Hub id or a local CLIP folder
 
 
 @dataclass
@@ -84,6 +90,8 @@ class DemoContext:
     zeroshot: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEMO_ZEROSHOT))
     clip: str = DEMO_CLIP
     zeroshot_runs: list[Any] = field(default_factory=list)  # vlmad.zeroshot.run.ZeroShotRunResult
+    qa: dict[str, Any] | None = field(default_factory=lambda: dict(DEMO_QA))
+    qa_build: Any = None  # vlmad.qa.build.BuildResult
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -127,6 +135,18 @@ def stage_validate(ctx: DemoContext) -> str:
     )
     errors = sum(p.severity == "error" for p in ctx.problems)
     return f"{errors} errors, {len(ctx.problems) - errors} warnings"
+
+
+def stage_qa(ctx: DemoContext) -> str:
+    """Template QA into a store, the partial-supervision split and the exports (as `vlmad qa build`)."""
+    from vlmad.qa.build import build_qa, make_settings
+
+    if not ctx.qa:
+        return "skipped"
+    assert ctx.manifest is not None
+    settings = make_settings("demo QA settings", **ctx.qa)
+    ctx.qa_build = build_qa(ctx.manifest, ctx.out / "qa", settings, store_path=ctx.out / "qa" / "qa.sqlite")
+    return ctx.qa_build.summary()
 
 
 def _evaluate_run(ctx: DemoContext, predictions: Path, eval_dir: Path) -> Any:
@@ -260,6 +280,20 @@ def stage_report(ctx: DemoContext) -> str:
         for p in ctx.problems[:50]:
             report.note(str(p), "error" if p.severity == "error" else "warning")
     add_dataset_section(report, ctx.manifest)
+    if ctx.qa_build is not None:
+        from vlmad.qa.store import QAStore
+        from vlmad.report.qa import add_qa_section
+
+        with QAStore(ctx.qa_build.store_path) as store:
+            items = store.items()
+        add_qa_section(
+            report,
+            items,
+            ctx.manifest,
+            split_counts=ctx.qa_build.split_counts,
+            export_counts=ctx.qa_build.export_counts,
+            templates=ctx.qa_build.templates,
+        )
     if ctx.evaluations:
         from vlmad.report.detectors import add_detector_section
         from vlmad.report.evaluation import add_evaluation_section, save_tables
@@ -285,6 +319,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("synth", stage_synth),
     ("manifest", stage_manifest),
     ("validate", stage_validate),
+    ("qa", stage_qa),
     ("detect", stage_detect),
     ("zeroshot", stage_zeroshot),
     ("imaging", stage_imaging),

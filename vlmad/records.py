@@ -6,6 +6,8 @@
 - :class:`Manifest`: a dataset as a list of samples plus its info; saved and loaded as JSONL or parquet.
 - :class:`Prediction`: what any method says about one sample (score, verdict, anomaly map, explanation);
   stored as JSONL by :mod:`vlmad.data.predictions`.
+- :class:`QAItem`: one question-answer annotation of one image (manual, from a template, or drafted by a
+  model), with its review status and provenance; stored by :mod:`vlmad.qa.store`.
 
 In memory, ``Sample.image_path`` and ``Sample.mask_paths`` are absolute paths. On disk a manifest stores
 them relative to ``DatasetInfo.root`` (POSIX separators), and the root relative to the manifest file, so
@@ -31,8 +33,18 @@ Split = Literal["train", "validation", "test"]
 Label = Literal["good", "logical", "structural", "anomaly"]
 Layout = Literal["mvtec_ad", "mvtec_loco", "visa", "folder", "manifest"]
 Verdict = Literal["normal", "anomalous", "unparsed"]
+QAKind = Literal["detection", "defect_type", "location", "description", "template_comparison"]
+QASource = Literal["manual", "template", "gpt-draft"]
+QAStatus = Literal["draft", "verified", "edited", "rejected", "failed"]
+AnomalyType = Literal["logical", "structural", "anomaly"]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+QA_KINDS: tuple[str, ...] = ("detection", "defect_type", "location", "description", "template_comparison")
+QA_SOURCES: tuple[str, ...] = ("manual", "template", "gpt-draft")
+QA_STATUSES: tuple[str, ...] = ("draft", "verified", "edited", "rejected", "failed")
+# items a training export takes by default: a person wrote or checked them, or they come from ground truth
+QA_TRUSTED_STATUSES: tuple[str, ...] = ("verified", "edited")
+QA_TRUSTED_SOURCES: tuple[str, ...] = ("manual", "template")
 LABELS: tuple[str, ...] = ("good", "logical", "structural", "anomaly")
 MANIFEST_FORMAT_VERSION = 1
 
@@ -117,6 +129,84 @@ class Prediction(BaseModel):
     def key(self) -> tuple[str, str | None]:
         """``(sample_id, question_id)``: unique within one run."""
         return (self.sample_id, self.question_id)
+
+
+class DraftInfo(BaseModel):
+    """Provenance of a model-drafted QA item: which model and prompt, what it cost, what went wrong.
+
+    ``raw`` keeps the model's text when it could not be parsed (status ``failed``); ``error`` says why.
+    ``cost_usd`` is ``None`` when no price is known for the model. Never holds an API key.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    prompt_name: str
+    prompt_version: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    attempts: int = 1
+    cached: bool = False
+    raw: str | None = None
+    error: str | None = None
+
+
+class QAItem(BaseModel):
+    """One question-answer annotation of one image.
+
+    - ``id``: unique in a store; template items get a deterministic id (same sample, kind and phrasing give
+      the same id) so rebuilding them is idempotent; other items get a random hex id.
+    - ``sample_id`` / ``category``: the image (a :class:`Sample` id) and its category.
+    - ``template_sample_id``: the normal reference image the question compares against (chain-of-image
+      ``template_comparison`` items and drafts made with a template), else ``None``.
+    - ``kind``: detection, defect type, location, description or template comparison.
+    - ``question`` / ``answer``: the text as asked and as the model should reply (the training target).
+    - ``verdict`` / ``anomaly_type`` / ``defect_type``: the answer in structured form. ``verdict`` is
+      ``normal`` or ``anomalous``; ``anomaly_type`` (logical / structural / anomaly) and ``defect_type``
+      are ``None`` for normal answers. ``verdict`` is ``None`` only for ``failed`` drafts.
+    - ``explanation``: what is wrong and where ("" for normal images). Model text is untrusted: escape it.
+    - ``source``: ``manual``, ``template`` or ``gpt-draft``; ``status``: ``draft`` / ``verified`` /
+      ``edited`` / ``rejected``, or ``failed`` for a draft whose reply could not be used (see ``draft``).
+    - ``author`` wrote it (a person, ``template``, or the drafting model's name); ``reviewer`` decided on it.
+    - ``created_at`` / ``updated_at``: ISO 8601 UTC timestamps.
+    - ``draft``: provenance for ``gpt-draft`` items, ``None`` otherwise.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    sample_id: str
+    category: str
+    kind: QAKind
+    question: str
+    answer: str
+    verdict: Literal["normal", "anomalous"] | None
+    anomaly_type: AnomalyType | None = None
+    defect_type: str | None = None
+    explanation: str = ""
+    template_sample_id: str | None = None
+    source: QASource
+    status: QAStatus
+    author: str | None = None
+    reviewer: str | None = None
+    created_at: str
+    updated_at: str
+    draft: DraftInfo | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("question", "answer", "explanation")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        # model output may hold lone surrogates that no UTF-8 file or SQLite text can store
+        return v.encode("utf-8", errors="replace").decode("utf-8")
+
+    @property
+    def trusted(self) -> bool:
+        """True when a person wrote or checked it, or it comes from ground truth: exported by default."""
+        if self.status in ("rejected", "failed"):
+            return False
+        return self.source in QA_TRUSTED_SOURCES or self.status in QA_TRUSTED_STATUSES
 
 
 class DatasetInfo(BaseModel):

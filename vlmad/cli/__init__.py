@@ -15,6 +15,7 @@ from vlmad.cli.data import app as data_app
 from vlmad.cli.demo import demo
 from vlmad.cli.detect import app as detect_app
 from vlmad.cli.eval import app as eval_app
+from vlmad.cli.qa import app as qa_app
 from vlmad.cli.zeroshot import app as zeroshot_app
 from vlmad.errors import VlmadError
 
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(detect_app, name="detect")
+app.add_typer(qa_app, name="qa")
 app.add_typer(zeroshot_app, name="zeroshot")
 app.command("demo")(demo)
 

@@ -148,8 +148,17 @@ def test_recipes_in_repo_load() -> None:
     root = Path(__file__).resolve().parents[3] / "data_builders"
     recipes = sorted(root.glob("*.yaml"))
     assert recipes
-    for r in recipes:
-        load_config(r)
+    kinds = set()
+    for r in recipes:  # each recipe is either a synthetic-data recipe or a QA build recipe
+        if "qa_build:" in r.read_text():
+            from vlmad.qa.build import load_build_recipe
+
+            load_build_recipe(r)
+            kinds.add("qa")
+        else:
+            load_config(r)
+            kinds.add("synth")
+    assert kinds == {"qa", "synth"}
 
 
 def test_test_shifts_apply_to_test_only(tmp_path: Path) -> None:
