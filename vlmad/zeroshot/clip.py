@@ -19,8 +19,7 @@ same :meth:`Clip.load`; its config carries ``vlmad_random_init`` so every output
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmad.errors import VlmadError
+from vlmad.hf import quiet_hf
 
 if TYPE_CHECKING:
     import torch
@@ -118,7 +118,7 @@ class Clip:
                 "the zero-shot methods need a CLIPModel with text and vision towers"
             )
         try:
-            with _quiet_hf():
+            with quiet_hf():
                 model, loading = CLIPModel.from_pretrained(
                     name, trust_remote_code=trust_remote_code, output_loading_info=True
                 )
@@ -271,20 +271,6 @@ class Clip:
         return glob, proj
 
 
-@contextmanager
-def _quiet_hf() -> Iterator[None]:
-    """transformers' per-tensor progress bars off (they would bury the CLI's messages), then restored."""
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 def _arange(x: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -358,7 +344,7 @@ def make_tiny_clip(
         torch.manual_seed(seed)
         model = CLIPModel(config)
     directory.mkdir(parents=True, exist_ok=True)
-    with _quiet_hf():
+    with quiet_hf():
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     (directory / "preprocessor_config.json").write_text(
