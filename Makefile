@@ -35,6 +35,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/metrics.py
 	$(PY) bench/detectors.py
 	$(PY) bench/zeroshot.py --clip tiny
+	$(PY) bench/qa_draft.py
 
 clean-demo:
 	rm -rf runs/demo
