@@ -83,3 +83,19 @@ def test_questions_on_one_image_stay_together(manifest: Manifest, tmp_path: Path
     assert r.value_base == pytest.approx(1 - wrong_a / len(tests))
     assert r.only_other_correct == 3 * (wrong_a - 1) and r.only_base_correct == 0  # item 0 wrong in both
     assert r.low <= r.difference <= r.high
+
+
+def test_unparsed_verdict_is_wrong_on_normal_images_too(tmp_path: Path) -> None:
+    """An unparsed answer is never correct (as in vlmad.metrics.verdict), also on a good image."""
+    m = read_dataset(make_mvtec_ad(tmp_path, categories=("bottle",)))
+    test = [s for s in m if s.split == "test"]
+    truth = ["anomalous" if s.is_anomalous else "normal" for s in test]
+    a = [Prediction(sample_id=s.id, run_id="a", verdict=v) for s, v in zip(test, truth, strict=True)]
+    b = [
+        Prediction(sample_id=s.id, run_id="b", verdict="unparsed" if not s.is_anomalous else v)
+        for s, v in zip(test, truth, strict=True)
+    ]
+    (row,) = compare_runs(m, {"a": a, "b": b}, "a", n_boot=200)
+    n_good = sum(not s.is_anomalous for s in test)
+    assert row.value_base == 1.0
+    assert row.value_other == pytest.approx(1 - n_good / len(test))

@@ -19,7 +19,7 @@ from vlmad.api.client import (
     cost_usd,
 )
 from vlmad.api.errors import ERROR_KINDS, APIError, CacheError
-from vlmad.api.images import file_sha256, image_content
+from vlmad.api.images import file_sha256, image_content, image_info, prepare_image
 
 __all__ = [
     "ERROR_KINDS",
@@ -39,4 +39,6 @@ __all__ = [
     "cost_usd",
     "file_sha256",
     "image_content",
+    "image_info",
+    "prepare_image",
 ]

@@ -11,6 +11,7 @@ import sys
 import typer
 
 from vlmad import __version__
+from vlmad.cli.coi import app as coi_app
 from vlmad.cli.data import app as data_app
 from vlmad.cli.demo import demo
 from vlmad.cli.detect import app as detect_app
@@ -30,6 +31,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.add_typer(detect_app, name="detect")
 app.add_typer(qa_app, name="qa")
+app.add_typer(coi_app, name="coi")
 app.add_typer(zeroshot_app, name="zeroshot")
 app.command("demo")(demo)
 

@@ -65,6 +65,17 @@ def _test_items(
     return out
 
 
+def _correct(preds: Sequence[Prediction], anomalous: np.ndarray) -> np.ndarray:
+    """Per-item correctness of verdicts; an unparsed (or missing) verdict is wrong on every image, as in
+    :mod:`vlmad.metrics.verdict`."""
+    return np.array(
+        [
+            p.verdict in ("normal", "anomalous") and (p.verdict == "anomalous") == y
+            for p, y in zip(preds, anomalous, strict=True)
+        ]
+    )
+
+
 def _metric_for(a: Sequence[Prediction], b: Sequence[Prediction]) -> str:
     if all(p.verdict is not None for p in (*a, *b)):
         return "accuracy"
@@ -115,12 +126,7 @@ def compare_runs(
         anomalous = np.array([manifest.get(k[0]).is_anomalous for k in keys])
         groups = [k[0] for k in keys]
         if m == "accuracy":
-            correct_a = np.array(
-                [(p.verdict == "anomalous") == y for p, y in zip(pa, anomalous, strict=True)]
-            )
-            correct_b = np.array(
-                [(p.verdict == "anomalous") == y for p, y in zip(pb, anomalous, strict=True)]
-            )
+            correct_a, correct_b = _correct(pa, anomalous), _correct(pb, anomalous)
             mc = mcnemar_exact(correct_b, correct_a)
             bs = paired_bootstrap(
                 correct_b.astype(float),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from vlmad.errors import ConfigError
 from vlmad.records import Manifest
@@ -54,29 +54,16 @@ def load_build_recipe(path: str | Path, **overrides: Any) -> BuildSettings:
     ``overrides`` (values that are not ``None``) replace the recipe's. Raises :class:`ConfigError` naming the
     file and the field for a missing file, bad YAML or an invalid value.
     """
-    import yaml
+    from vlmad.recipes import read_recipe
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read recipe ({e.strerror or e})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("qa_build"), dict):
-        raise ConfigError(f"{path}: a QA recipe needs a 'qa_build:' mapping of build settings")
-    values = {**data["qa_build"], **{k: v for k, v in overrides.items() if v is not None}}
-    return make_settings(str(path), **values)
+    return make_settings(str(path), **read_recipe(path, "qa_build", "a QA build recipe", overrides))
 
 
 def make_settings(source: str = "options", **values: Any) -> BuildSettings:
     """Validate build settings; errors become one-line :class:`ConfigError` messages naming ``source``."""
-    try:
-        settings = BuildSettings.model_validate(values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{source}: {loc}: {err['msg']}") from None
+    from vlmad.recipes import validate_settings
+
+    settings = validate_settings(BuildSettings, values, source)
     unknown = [f for f in settings.formats if f not in FORMATS]
     if unknown or not settings.formats:
         raise ConfigError(f"{source}: formats {settings.formats}: choose from {', '.join(FORMATS)}")

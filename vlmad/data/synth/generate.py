@@ -90,32 +90,18 @@ class SynthConfig(BaseModel):
 
 def load_config(path: str | Path, **overrides: Any) -> SynthConfig:
     """Read a YAML or JSON recipe (``data_builders/*.yaml``) into a :class:`SynthConfig`."""
-    import yaml
+    from vlmad.recipes import read_recipe
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of settings")
-    data = data.get("synth", data)
-    return make_config(source=str(path), **{**data, **{k: v for k, v in overrides.items() if v is not None}})
+    return make_config(
+        source=str(path), **read_recipe(path, "synth", "a data recipe", overrides, optional=True)
+    )
 
 
 def make_config(source: str = "options", **values: Any) -> SynthConfig:
     """Build a :class:`SynthConfig`, turning validation errors into one-line :class:`ConfigError`."""
-    from pydantic import ValidationError
+    from vlmad.recipes import validate_settings
 
-    try:
-        return SynthConfig.model_validate(values)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{source}: {loc}: {msg}") from None
+    return validate_settings(SynthConfig, values, source)
 
 
 @dataclass(frozen=True)
