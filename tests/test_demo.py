@@ -44,12 +44,27 @@ TINY_SHIFT = {
     },
     "shifts": "lighting:0.7,position:0.4",
 }
-STAGES = ["synth", "manifest", "validate", "qa", "detect", "zeroshot", "imaging", "report"]
+# the demo's training and chain-of-image stages, shortened: a few steps, one image per category and label
+TINY_TRAIN = {"recipe": "train/tiny_llava.yaml", "max_steps": 4, "eval_steps": 2, "logging_steps": 1}
+TINY_COI = {
+    "recipe": "eval/coi_tiny.yaml",
+    "per_label": 1,
+    "generation": {"temperature": 0.0, "max_tokens": 12},
+}
+STAGES = ["synth", "manifest", "validate", "qa", "train", "coi", "detect", "zeroshot", "imaging", "report"]
 
 
 def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
     seen: list[str] = []
-    ctx = DemoContext(out=tmp_path, synth=TINY, workers=1, detectors=TINY_DETECTORS, shift_study=TINY_SHIFT)
+    ctx = DemoContext(
+        out=tmp_path,
+        synth=TINY,
+        workers=1,
+        detectors=TINY_DETECTORS,
+        shift_study=TINY_SHIFT,
+        train=TINY_TRAIN,
+        coi=TINY_COI,
+    )
     run_demo(ctx, on_stage=lambda n, s, t: seen.append(n))
     assert seen == STAGES
     m = Manifest.load(tmp_path / "manifest.jsonl")
@@ -106,7 +121,22 @@ def test_demo_pipeline_writes_manifest_and_report(tmp_path: Path) -> None:
     export = json.loads((tmp_path / "qa" / "export.json").read_text())
     assert export["formats"] == ["llava", "messages", "hf"]
     llava = json.loads((tmp_path / "qa" / "llava" / "train.json").read_text())
-    assert {row["image"][1] for row in llava} == {
-        s.image_path.relative_to(m.info.root).as_posix() for s in m.filter(split="train")
-    }
+    exported = {row["image"][1] for row in llava}
+    assert len(exported) == qa.split_counts["train"]  # all training normals and half of each anomaly type
+    assert {s.image_path.relative_to(m.info.root).as_posix() for s in m.filter(split="train")} < exported
     assert "QA annotations" in page and "Partial-supervision split" in page
+    # LoRA on the tiny random LLaVA: 4 steps, an adapter, the curve in the report, marked as random
+    tr = ctx.train_result
+    assert tr.global_step == 4 and (tr.adapter_dir / "adapter_config.json").is_file()
+    assert "LoRA fine-tuning" in page and "TINY RANDOM MODEL" in page
+    # the four prompts on the base model and with the demo's adapter: every chosen test image answered
+    runs = {p.run_id for p in ctx.coi_predictions}
+    assert runs == {
+        f"{m}/{q}"
+        for m in ("tiny-llava", "tiny-llava+demo-lora")
+        for q in ("plain", "coi_p1", "coi_p2", "coi_p3")
+    }
+    per_run = len(ctx.coi_predictions) // len(runs)
+    assert per_run == len(m.filter(split="test").categories) * 3  # one good, logical, structural each
+    assert all(p.metadata["template_sample_id"] for p in ctx.coi_predictions)
+    assert "Chain-of-image prompting" in page

@@ -61,13 +61,17 @@ DEMO_SHIFT_STUDY: dict[str, Any] = {
 # The zero-shot baselines of the demo: WinCLIP (zero-shot) and MuSc with a tiny random CLIP of the real
 # architecture written into the run folder (no CLIP weights can be downloaded here); flagged as random.
 DEMO_ZEROSHOT: dict[str, dict[str, Any]] = {"winclip": {}, "musc": {}}
-DEMO_CLIP = "tiny"
-# The QA build of the demo: template QA from ground truth (offline), document 004's split, all exports.
-DEMO_QA: dict[str, Any] = {
-    "fraction": 0.1,
-    "seed": 0,
-    "variants": 2,
-}  # "tiny" = make_tiny_clip(<out>/models/tiny-clip); else a Hub id or a local CLIP folder
+DEMO_CLIP = "tiny"  # "tiny" = make_tiny_clip(<out>/models/tiny-clip); else a Hub id or a local CLIP folder
+# The QA build of the demo: template QA from ground truth (offline), document 004's split and all exports.
+# Document 004 moves 10% of each test anomaly type into training; the demo's defect types have 1-4 test
+# images each, so 10% would move none: the demo moves half, so that training sees anomalies.
+DEMO_QA: dict[str, Any] = {"fraction": 0.5, "seed": 0, "variants": 2}
+# LoRA on a tiny RANDOM LLaVA-1.5 architecture with the repository's tiny-model recipe (train/tiny_llava.yaml)
+# on the QA export above: a check of the training pipeline, not a result. Other keys override the recipe.
+DEMO_TRAIN: dict[str, Any] = {"recipe": "train/tiny_llava.yaml"}
+# P1, P2, P3 and the plain prompt on the tiny model, without and with the adapter the demo trained
+# (eval/coi_tiny.yaml; its models are replaced by these two). Other keys override the recipe.
+DEMO_COI: dict[str, Any] = {"recipe": "eval/coi_tiny.yaml", "per_label": 2}
 
 
 @dataclass
@@ -92,6 +96,12 @@ class DemoContext:
     zeroshot_runs: list[Any] = field(default_factory=list)  # vlmad.zeroshot.run.ZeroShotRunResult
     qa: dict[str, Any] | None = field(default_factory=lambda: dict(DEMO_QA))
     qa_build: Any = None  # vlmad.qa.build.BuildResult
+    train: dict[str, Any] | None = field(default_factory=lambda: dict(DEMO_TRAIN))
+    train_result: Any = None  # vlmad.train.TrainResult
+    tiny_vlm: Path | None = None
+    coi: dict[str, Any] | None = field(default_factory=lambda: dict(DEMO_COI))
+    coi_predictions: list[Any] = field(default_factory=list)  # vlmad.records.Prediction
+    coi_warnings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -147,6 +157,84 @@ def stage_qa(ctx: DemoContext) -> str:
     settings = make_settings("demo QA settings", **ctx.qa)
     ctx.qa_build = build_qa(ctx.manifest, ctx.out / "qa", settings, store_path=ctx.out / "qa" / "qa.sqlite")
     return ctx.qa_build.summary()
+
+
+def _repo_file(relative: str) -> Path:
+    """A recipe of the repository (``train/...``, ``eval/...``): the demo runs from a checkout."""
+    from vlmad.errors import ConfigError
+
+    path = Path(relative)
+    if not path.is_absolute():
+        path = Path(__file__).resolve().parents[1] / relative
+    if not path.is_file():
+        raise ConfigError(f"{path}: demo recipe not found (the demo runs from a vlmad checkout)")
+    return path
+
+
+def stage_train(ctx: DemoContext) -> str:
+    """LoRA fine-tuning of a tiny random LLaVA-1.5 architecture on the QA export (``vlmad train run``)."""
+    from vlmad.train import load_train_recipe, train
+    from vlmad.vlm.tiny import build
+
+    if not ctx.train or ctx.qa_build is None:
+        return "skipped"
+    options = dict(ctx.train)
+    recipe = _repo_file(options.pop("recipe"))
+    model_dir = ctx.out / "models" / "tiny-llava"
+    if not (model_dir / "config.json").is_file():
+        build("llava", model_dir)
+    ctx.tiny_vlm = model_dir
+    config = load_train_recipe(
+        recipe,
+        model=str(model_dir),
+        export_dir=str(ctx.qa_build.out_dir),
+        output_dir=str(ctx.out / "train" / "tiny-llava"),
+        **options,
+    )
+    steps = config.max_steps if config.max_steps and config.max_steps > 0 else 0
+    ctx.train_result = train(
+        config,
+        progress=(lambda phase, done, total: ctx.progress(f"train {phase}", done, total or steps))
+        if ctx.progress
+        else None,
+    )
+    r = ctx.train_result
+    first, last = (r.losses[0][1], r.losses[-1][1]) if r.losses else (float("nan"), float("nan"))
+    return (
+        f"{r.global_step} steps, loss {first:.3f} -> {last:.3f}, adapter {r.adapter_dir} (TINY RANDOM model)"
+    )
+
+
+def stage_coi(ctx: DemoContext) -> str:
+    """Chain-of-image prompts P1-P3 and plain on the tiny model, base and with the demo's adapter."""
+    from vlmad.coi.recipe import load_recipe
+    from vlmad.coi.runner import run_coi
+    from vlmad.data.predictions import read_predictions
+
+    if not ctx.coi or ctx.tiny_vlm is None:
+        return "skipped"
+    options = dict(ctx.coi)
+    recipe_path = _repo_file(options.pop("recipe"))
+    models = [{"backend": "local", "source": str(ctx.tiny_vlm), "name": "tiny-llava", "device": "cpu"}]
+    adapter = getattr(ctx.train_result, "adapter_dir", None)
+    if adapter is not None:
+        models.append({**models[0], "name": "tiny-llava+demo-lora", "adapter": str(adapter)})
+    recipe = load_recipe(recipe_path, models=models, dataset=str(ctx.data_dir), **options)
+    out = ctx.out / "coi"
+    summary = run_coi(
+        recipe,
+        out,
+        manifest=ctx.manifest,
+        progress=(lambda pr: ctx.progress("coi", pr.done, pr.total)) if ctx.progress else None,
+    )
+    ctx.coi_predictions = read_predictions(out / "predictions.jsonl")
+    ctx.coi_warnings = list(summary.warnings)
+    runs = len({p.run_id for p in ctx.coi_predictions})
+    answered = summary.status.get("answered", 0)
+    return (
+        f"{len(ctx.coi_predictions)} answers from {runs} model x prompt runs ({summary.written} new, "
+        f"{answered} parsed), {summary.wall_s:.1f} s (TINY RANDOM model) -> {out}"
+    )
 
 
 def _evaluate_run(ctx: DemoContext, predictions: Path, eval_dir: Path) -> Any:
@@ -294,6 +382,14 @@ def stage_report(ctx: DemoContext) -> str:
             export_counts=ctx.qa_build.export_counts,
             templates=ctx.qa_build.templates,
         )
+    if ctx.train_result is not None:
+        from vlmad.report.train import add_train_section
+
+        add_train_section(report, ctx.train_result, tiny_random=True)
+    if ctx.coi_predictions:
+        from vlmad.report.coi import add_coi_section
+
+        add_coi_section(report, ctx.manifest, ctx.coi_predictions, warnings=ctx.coi_warnings)
     if ctx.evaluations:
         from vlmad.report.detectors import add_detector_section
         from vlmad.report.evaluation import add_evaluation_section, save_tables
@@ -320,6 +416,8 @@ STAGES: list[tuple[str, Callable[[DemoContext], str]]] = [
     ("manifest", stage_manifest),
     ("validate", stage_validate),
     ("qa", stage_qa),
+    ("train", stage_train),
+    ("coi", stage_coi),
     ("detect", stage_detect),
     ("zeroshot", stage_zeroshot),
     ("imaging", stage_imaging),

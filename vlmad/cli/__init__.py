@@ -17,6 +17,7 @@ from vlmad.cli.demo import demo
 from vlmad.cli.detect import app as detect_app
 from vlmad.cli.eval import app as eval_app
 from vlmad.cli.qa import app as qa_app
+from vlmad.cli.train import app as train_app
 from vlmad.cli.zeroshot import app as zeroshot_app
 from vlmad.errors import VlmadError
 
@@ -32,6 +33,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(detect_app, name="detect")
 app.add_typer(qa_app, name="qa")
 app.add_typer(coi_app, name="coi")
+app.add_typer(train_app, name="train")
 app.add_typer(zeroshot_app, name="zeroshot")
 app.command("demo")(demo)
 

@@ -9,8 +9,9 @@ the question. Files under ``out_dir``:
   "value": ...}, {"from": "gpt", "value": ...}, ...]}]``, the LLaVA training format, multi-image form; the
   first human turn holds one ``<image>`` token per image.
 - ``messages/{split}.jsonl``: one ``{"messages": [{"role": "user"|"assistant", "content": ...}, ...],
-  "images": [template, test]}`` per line, the sharegpt-style multimodal format of LLaMA-Factory (also read
-  by ms-swift and TRL); ``messages/dataset_info.json`` registers the three files for LLaMA-Factory.
+  "images": [template, test], "id", "sample_id", "template_sample_id", "category", "label"}`` per line, the
+  sharegpt-style multimodal format of LLaMA-Factory (also read by ms-swift and TRL, which ignore the extra
+  keys); ``messages/dataset_info.json`` registers the three files for LLaMA-Factory.
 - ``hf/``: a ``datasets.DatasetDict`` (``save_to_disk``) with columns ``id``, ``sample_id``,
   ``template_sample_id``, ``category``, ``label``, ``defect_type``, ``split``, ``images`` (the image files
   embedded, template then test), ``messages`` and ``qa_ids``; read it with ``datasets.load_from_disk``.
@@ -212,6 +213,17 @@ def _messages(r: ExportRecord) -> list[dict[str, str]]:
     return out
 
 
+def _ids(r: ExportRecord) -> dict[str, Any]:
+    """What a trainer needs to validate per label: extra keys the readers of the format ignore."""
+    return {
+        "id": r.id,
+        "sample_id": r.sample.id,
+        "template_sample_id": r.template.id,
+        "category": r.sample.category,
+        "label": r.sample.label,
+    }
+
+
 def _write_hf(records: list[ExportRecord], root: Path, absolute: bool, out: Path) -> Path:
     import datasets
 
@@ -327,7 +339,8 @@ def export_dataset(
         info = {}
         for side in SPLITS:
             lines = [
-                json.dumps({"messages": _messages(r), "images": paths(r)}, ensure_ascii=False) + "\n"
+                json.dumps({"messages": _messages(r), "images": paths(r), **_ids(r)}, ensure_ascii=False)
+                + "\n"
                 for r in records
                 if r.split == side
             ]

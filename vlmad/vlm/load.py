@@ -480,7 +480,8 @@ def _check_adapter_loaded(wrapped: Any, path: Path, base: str | None, base_name:
     from peft.utils import load_peft_weights
 
     weights = load_peft_weights(str(path), device="cpu")
-    names = {n for n, _ in wrapped.named_parameters()}
+    # tied weights (an LM head tied to the embeddings) are listed once by default: list every name
+    names = {n for n, _ in wrapped.named_parameters(remove_duplicate=False)}
     stray = []
     for key in weights:
         stem = key.rsplit(".", 1)[0]  # e.g. ...q_proj.lora_A
