@@ -36,6 +36,8 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/detectors.py
 	$(PY) bench/zeroshot.py --clip tiny
 	$(PY) bench/qa_draft.py
+	$(PY) bench/coi.py
+	$(PY) bench/train.py --threads 1
 
 clean-demo:
 	rm -rf runs/demo
