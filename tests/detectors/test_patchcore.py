@@ -186,3 +186,41 @@ def test_load_refuses_a_bank_of_another_dimension(fitted: PatchCore, tmp_path: P
     (folder / "detector.json").write_text(json.dumps(settings))
     with pytest.raises(DetectorError, match="512-dimensional features but resnet18"):
         Detector.load(folder)
+
+
+def test_knn_precision_float32_and_the_bf16_screen_score_alike(
+    fitted: PatchCore, data, predicted, tmp_path: Path
+) -> None:
+    import json
+
+    test = data[1]
+    try:
+        fitted.knn_precision = "float32"
+        plain, plain_maps = fitted.predict(test)
+        assert not fitted._index().screen
+        fitted.knn_precision = "bf16-screen"
+        screened, screened_maps = fitted.predict(test)
+        assert fitted._index().screen
+        folder = fitted.save(tmp_path / "pc")
+        assert json.loads((folder / "detector.json").read_text())["params"]["knn_precision"] == "bf16-screen"
+        assert Detector.load(folder).knn_precision == "bf16-screen"
+    finally:
+        fitted.knn_precision = "auto"
+    # the screen finds the exact neighbours; float32 distances differ by its rounding only
+    np.testing.assert_allclose(screened, plain, rtol=1e-4)
+    for a, b in zip(screened_maps, plain_maps, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    if fitted._index().screen:  # "auto" on a CPU with AMX: the screen, so the same numbers
+        np.testing.assert_array_equal(screened, predicted[0])
+    # a model saved before knn_precision existed loads with the default
+    settings = json.loads((folder / "detector.json").read_text())
+    del settings["params"]["knn_precision"]
+    (folder / "detector.json").write_text(json.dumps(settings))
+    assert Detector.load(folder).knn_precision == "auto"
+
+
+def test_bad_knn_precision(data) -> None:
+    with pytest.raises(ConfigError, match="knn_precision 'float16'"):
+        PatchCore(**{**CONFIG, "knn_precision": "float16"}).fit(data[0][:2])
+    with pytest.raises(ConfigError, match="bf16-screen"):
+        PatchCore(**{**CONFIG, "knn_backend": "faiss", "knn_precision": "bf16-screen"}).fit(data[0][:2])

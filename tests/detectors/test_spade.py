@@ -152,3 +152,21 @@ def test_bad_options_are_config_errors(data) -> None:
         SPADE(**{**CONFIG, "image_score": "best"}).fit(data[0][:2])
     with pytest.raises(ConfigError, match="top_k_images must be a positive integer"):
         SPADE(**{**CONFIG, "top_k_images": 0}).fit(data[0][:2])
+
+
+def test_knn_precision_float32_and_the_bf16_screen_agree(fitted: SPADE, data, predicted) -> None:
+    test = data[1][4:8]
+    try:
+        fitted.knn_precision = "float32"
+        plain, plain_maps = fitted.predict(test)
+        fitted.knn_precision = "bf16-screen"
+        screened, screened_maps = fitted.predict(test)
+    finally:
+        fitted.knn_precision = "auto"
+    np.testing.assert_allclose(screened, plain, rtol=1e-4)
+    for a, b in zip(screened_maps, plain_maps, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.max()))
+    with pytest.raises(ConfigError, match="knn_precision 'half'"):
+        SPADE(**{**CONFIG, "knn_precision": "half"}).fit(data[0][:2])
+    with pytest.raises(ConfigError, match="bf16-screen"):
+        SPADE(**{**CONFIG, "knn_backend": "faiss", "knn_precision": "bf16-screen"}).fit(data[0][:2])

@@ -7,7 +7,9 @@ selection on seeded random projections (:mod:`vlmad.detectors.coreset`); the sel
 the memory bank.
 
 Predict: a patch's score is the Euclidean distance to its nearest bank feature
-(:class:`~vlmad.detectors.knn.NearestNeighbors`, ``knn_backend``/``approximate``); the score grid is
+(:class:`~vlmad.detectors.knn.NearestNeighbors`, ``knn_backend``/``approximate``/``knn_precision``:
+``"auto"`` screens with a certified bfloat16 product where that is fast and still returns the exact
+neighbours, ``"float32"`` always uses the float32 product); the score grid is
 upsampled bilinearly to ``image_size`` and blurred with a Gaussian of ``sigma`` pixels. The image score
 is the paper's reweighted maximum, as anomalib computes it: with ``s* = ||m_test* - m*||`` the largest
 patch score, ``m*`` its nearest bank feature and ``N_b(m*)`` the ``b = num_neighbors`` bank features
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmad.detectors.base import Detector, DetectorError, Progress, register, upsample_smooth
+from vlmad.detectors.knn import PRECISIONS as KNN_PRECISIONS
 from vlmad.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -151,6 +154,7 @@ class PatchCore(Detector):
         approximate: bool = False,
         sigma: float = 4.0,
         memory_budget_mb: float = 1024,
+        knn_precision: str = "auto",
     ) -> None:
         self.backbone = backbone
         self.layers = layers
@@ -167,6 +171,7 @@ class PatchCore(Detector):
         self.approximate = approximate
         self.sigma = sigma
         self.memory_budget_mb = memory_budget_mb
+        self.knn_precision = knn_precision
 
     # ---- parameters -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -188,6 +193,15 @@ class PatchCore(Detector):
             )
         if not isinstance(self.approximate, bool):
             raise ConfigError(f"patchcore: approximate must be true or false, got {self.approximate!r}")
+        if self.knn_precision not in KNN_PRECISIONS:
+            raise ConfigError(
+                f"patchcore: knn_precision {self.knn_precision!r}; choose one of {', '.join(KNN_PRECISIONS)}"
+            )
+        if self.knn_precision == "bf16-screen" and (self.knn_backend == "faiss" or self.approximate):
+            raise ConfigError(
+                "patchcore: knn_precision 'bf16-screen' is for exact search with the torch backend; "
+                "use knn_backend='torch' (or 'auto') and approximate=False"
+            )
 
     @staticmethod
     def _flat(emb: torch.Tensor) -> torch.Tensor:
@@ -264,7 +278,7 @@ class PatchCore(Detector):
         takes seconds to build, and callers predict batch by batch)."""
         from vlmad.detectors.knn import NearestNeighbors
 
-        key = (self.knn_backend, bool(self.approximate))
+        key = (self.knn_backend, bool(self.approximate), self.knn_precision)
         cached = getattr(self, "_knn", None)
         if cached is not None and cached[0] is self.memory_bank_ and cached[1] == key:
             return cached[2]
@@ -273,6 +287,7 @@ class PatchCore(Detector):
             backend=self.knn_backend,  # type: ignore[arg-type]
             approximate=bool(self.approximate),
             block=max(1, min(4096, MAX_BLOCK_ELEMENTS // len(self.memory_bank_))),
+            precision=self.knn_precision,  # type: ignore[arg-type]
         )
         self._knn = (self.memory_bank_, key, index)
         return index

@@ -23,7 +23,10 @@ numbers = 7.3 MB per training image in float32 (``gallery_dtype="float16"``: 3.7
 rounded to float16 too, so identical images still match exactly); 300 images -> 2.2 GB, kept on the
 backbone's device. At prediction each test image assembles a ``K*h*w x D`` gallery (K=50, 64x64,
 D=1792: 1.5 GB float32) and searches it with :class:`~vlmad.detectors.knn.NearestNeighbors`
-(``knn_backend``: faiss on CPU when installed, else blocked torch matmuls; on a GPU, torch).
+(``knn_backend``: faiss on CPU when installed, else blocked torch matmuls; on a GPU, torch;
+``knn_precision``: ``"auto"`` screens the torch search with a certified bfloat16 product where that is
+fast, which still finds the exact neighbours but holds a bfloat16 copy of the gallery, half its size;
+``"float32"`` does not).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmad.detectors.base import Detector, DetectorError, Progress, register, upsample_smooth
+from vlmad.detectors.knn import PRECISIONS as KNN_PRECISIONS
 from vlmad.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -72,6 +76,7 @@ class SPADE(Detector):
         image_score: str = "knn",
         knn_backend: str = "auto",
         gallery_dtype: str = "float32",
+        knn_precision: str = "auto",
     ) -> None:
         self.backbone = backbone
         self.layers = layers
@@ -87,6 +92,7 @@ class SPADE(Detector):
         self.image_score = image_score
         self.knn_backend = knn_backend
         self.gallery_dtype = gallery_dtype
+        self.knn_precision = knn_precision
 
     # ---- parameters -----------------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -97,11 +103,17 @@ class SPADE(Detector):
             ("image_score", IMAGE_SCORES),
             ("knn_backend", KNN_BACKENDS),
             ("gallery_dtype", GALLERY_DTYPES),
+            ("knn_precision", KNN_PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"spade: {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}"
                 )
+        if self.knn_precision == "bf16-screen" and self.knn_backend == "faiss":
+            raise ConfigError(
+                "spade: knn_precision 'bf16-screen' is for the torch search; "
+                "use knn_backend='torch' or 'auto'"
+            )
 
     def _dtype(self) -> torch.dtype:
         import torch
@@ -152,7 +164,11 @@ class SPADE(Detector):
     def _image_index(self) -> Any:
         from vlmad.detectors.knn import NearestNeighbors
 
-        return NearestNeighbors(self.global_, backend=self.knn_backend)  # type: ignore[arg-type]
+        return NearestNeighbors(
+            self.global_,
+            backend=self.knn_backend,  # type: ignore[arg-type]
+            precision=self.knn_precision,  # type: ignore[arg-type]
+        )
 
     def nearest_images(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The normal neighbours SPADE compares each image with: ``(distances, indices)``, both
@@ -230,7 +246,12 @@ class SPADE(Detector):
                     gallery = self._patches([level.index_select(0, chosen) for level in self.pyramid_])
                     gallery = gallery.reshape(-1, gallery.shape[-1])
                     block = max(1, min(4096, MAX_BLOCK_ELEMENTS // gallery.shape[0]))
-                    nn = NearestNeighbors(gallery, backend=self.knn_backend, block=block)  # type: ignore[arg-type]
+                    nn = NearestNeighbors(
+                        gallery,
+                        backend=self.knn_backend,  # type: ignore[arg-type]
+                        block=block,
+                        precision=self.knn_precision,  # type: ignore[arg-type]
+                    )
                     d, _ = nn.search(queries[b], int(self.k_pixel))
                     low[b] = d.to(low.device).float().mean(dim=1)
                 amap = upsample_smooth(low.view(-1, h, w), self.features_.image_size, float(self.sigma))
