@@ -4,3 +4,7 @@ The top-level package stays import-light: ``import vlmad`` and ``vlmad --help`` 
 """
 
 __version__ = "0.1.0"
+
+from vlmad.hf import drop_deepspeed_cpu_notice as _drop_deepspeed_cpu_notice
+
+_drop_deepspeed_cpu_notice()

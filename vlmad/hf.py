@@ -19,3 +19,22 @@ def quiet_hf() -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+class _DropCpuAcceleratorNotice:
+    """A logging filter for DeepSpeed's "Setting accelerator to CPU" warning, which it logs whenever it is
+    imported on a machine without a GPU (transformers imports it while building or loading any model once
+    it is installed); every vlmad output already says which device ran."""
+
+    def filter(self, record: object) -> bool:
+        return "Setting accelerator to CPU" not in str(getattr(record, "msg", ""))
+
+
+def drop_deepspeed_cpu_notice() -> None:
+    """Install :class:`_DropCpuAcceleratorNotice` on DeepSpeed's logger (idempotent; DeepSpeed keeps the
+    filters of its logger when it configures it at import)."""
+    import logging
+
+    logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _DropCpuAcceleratorNotice) for f in logger.filters):
+        logger.addFilter(_DropCpuAcceleratorNotice())
