@@ -420,7 +420,7 @@ def bench_knn(args: argparse.Namespace, failures: list[str]) -> dict[str, Any]:
 def memory_child(args: argparse.Namespace) -> dict[str, Any]:
     from vlmad.detectors.patchcore import PatchCore
 
-    root = make_data(Path(args.cache), args.category, args.memory_images, 0, 0, args.size, args.seed + 1)
+    root = make_data(Path(args.cache), args.category, args.memory_images, 1, 0, args.size, args.seed + 1)
     train, _, _, _ = load_split(root)
     before = peak_rss_mb()
     t0 = time.perf_counter()
