@@ -152,9 +152,9 @@ def test_an_interrupted_run_continues_from_its_checkpoint(
     assert resumed.resumed_from == tmp_path / "run" / "checkpoint-2" and resumed.global_step == 4
     assert [int(x["step"]) for x in logged if "loss" in x] == [3, 4]  # steps 1-2 were not redone
     assert [s for s, _ in resumed.losses] == [1, 2, 3, 4]  # the history comes back with the checkpoint
-    optim = torch.load(tmp_path / "run" / "checkpoint-4" / "optimizer.pt", weights_only=False)
+    optim = torch.load(tmp_path / "run" / "checkpoint-4" / "optimizer.pt", weights_only=True)
     assert {int(s["step"]) for s in optim["state"].values()} == {4}  # Adam state carried over, not restarted
-    scheduler = torch.load(tmp_path / "run" / "checkpoint-4" / "scheduler.pt", weights_only=False)
+    scheduler = torch.load(tmp_path / "run" / "checkpoint-4" / "scheduler.pt", weights_only=True)
     assert scheduler["last_epoch"] == 4
 
     straight = train(cfg(tmp_path / "straight"))
