@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -212,7 +213,7 @@ def to_pil(image: ImageInput, what: str = "image") -> Image.Image:
 
 
 # ---- families -------------------------------------------------------------------------------------------
-class Family:
+class Family(ABC):
     """Base class of the model families; one subclass per family, registered with :func:`register`.
 
     Subclasses set the class variables and implement :meth:`model_class`, :meth:`budget_kwargs` and
@@ -231,9 +232,9 @@ class Family:
     example_checkpoints: ClassVar[tuple[str, ...]] = ()
 
     # ---- loading --------------------------------------------------------------------------------------
+    @abstractmethod
     def model_class(self, model_type: str) -> type:
         """The transformers model class for a config of ``model_type`` (one of :attr:`model_types`)."""
-        raise NotImplementedError
 
     def check_processor(self, processor: Any, source: str) -> None:
         """Raise :class:`VlmError` when ``processor`` lacks what :meth:`prepare_inputs` needs."""
@@ -325,19 +326,19 @@ class Family:
                 f"{self.label} budgets take {', '.join(self.budget_fields)}"
             )
 
+    @abstractmethod
     def budget_kwargs(self, processor: Any, budget: ImageBudget) -> dict[str, Any]:
         """Image-processor keyword arguments that apply ``budget`` to one image."""
-        raise NotImplementedError
 
     def pre_resize(self, processor: Any, image: Image.Image, budget: ImageBudget) -> Image.Image:
         """The image as handed to the image processor (identity unless the family resamples first)."""
         return image
 
+    @abstractmethod
     def image_geometry(
         self, processor: Any, processed: Mapping[str, Any], image: Image.Image
     ) -> tuple[int, tuple[int, int]]:
         """``(tiles, (height, width))`` of the content the model sees of one processed image."""
-        raise NotImplementedError
 
     def prepare_inputs(
         self,
