@@ -278,7 +278,7 @@ def ab_table(
     ci: float = 0.95,
     seed: int = 0,
 ) -> list[Comparison]:
-    """Accuracy A/B of every pair of runs (in first-appearance order: ``base`` is the earlier run,
+    """Accuracy A/B of every pair of runs (in run-id order: ``base`` is the earlier run id,
     ``difference = other - base``) on the test images of each subset of :data:`AB_SUBSETS`.
 
     Each comparison is :func:`vlmad.metrics.compare.compare_runs` on the images both runs judged: exact
@@ -292,7 +292,8 @@ def ab_table(
     bad = [s for s in subsets if s not in AB_SUBSETS]
     if bad:
         raise EvaluationError(f"unknown A/B subset {bad[0]!r}; expected one of {', '.join(AB_SUBSETS)}")
-    runs = _by_run(predictions)
+    # sorted by run id: a concurrent run appends its records in arrival order, which differs between runs
+    runs = dict(sorted(_by_run(predictions).items()))
     for preds in runs.values():
         for p in preds:
             try:
