@@ -71,6 +71,21 @@ def make_data(
     return root
 
 
+def our_patchcore(args: argparse.Namespace, seed: int = 0) -> Any:
+    """Our PatchCore in the bench's setting: wide_resnet50_2 layers 2+3, ``--weights``, ``--size``,
+    ``--coreset-ratio``."""
+    from vlmad.detectors.patchcore import PatchCore
+
+    return PatchCore(
+        backbone="wide_resnet50_2",
+        layers=(2, 3),
+        weights=args.weights,
+        image_size=args.size,
+        coreset_ratio=args.coreset_ratio,
+        seed=seed,
+    )
+
+
 def load_split(root: Path) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """(train images, test images, test labels, test masks) as arrays."""
     from vlmad.data.images import load_image, load_masks
@@ -162,17 +177,10 @@ def line(name: str, fit_s: float, pred_s: float, img: float, px: float) -> None:
 def bench_patchcore(args: argparse.Namespace, data: tuple, failures: list[str]) -> dict[str, Any]:
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-    from vlmad.detectors.patchcore import PatchCore
     from vlmad.metrics import auroc
 
     train, test, labels, masks = data
-    ours = PatchCore(
-        backbone="wide_resnet50_2",
-        layers=(2, 3),
-        weights=args.weights,
-        image_size=args.size,
-        coreset_ratio=args.coreset_ratio,
-    )
+    ours = our_patchcore(args)
     o_fit, o_pred, o_scores, o_maps = ours_run(ours, train, test)
     o_img, o_px = scores_auroc(labels, o_scores, masks, o_maps)
     print(
@@ -209,14 +217,7 @@ def bench_patchcore(args: argparse.Namespace, data: tuple, failures: list[str]) 
     res["anomalib_on_our_bank"] = {"image_auroc": s_img, "pixel_auroc": s_px, "max_score_diff": gap}
     spread = [o_img]
     for seed in range(1, args.coreset_seeds):
-        other = PatchCore(
-            backbone="wide_resnet50_2",
-            layers=(2, 3),
-            weights=args.weights,
-            image_size=args.size,
-            coreset_ratio=args.coreset_ratio,
-            seed=seed,
-        )
+        other = our_patchcore(args, seed=seed)
         other.fit(train)
         spread.append(auroc(labels, other.predict(test)[0]))
     if len(spread) > 1:
@@ -275,7 +276,6 @@ def bench_padim(args: argparse.Namespace, data: tuple, failures: list[str]) -> d
 
 def bench_ridge(args: argparse.Namespace, data: tuple, failures: list[str], patchcore: dict | None) -> dict:
     from vlmad.detectors.features import FeatureExtractor
-    from vlmad.detectors.patchcore import PatchCore
     from vlmad.detectors.ridge import RidgeRegression
 
     train, test, labels, masks = data
@@ -283,13 +283,7 @@ def bench_ridge(args: argparse.Namespace, data: tuple, failures: list[str], patc
     r_fit, r_pred, r_scores, r_maps = ours_run(ridge, train, test)
     r_img, r_px = scores_auroc(labels, r_scores, masks, r_maps)
     if patchcore is None:
-        pc = PatchCore(
-            backbone="wide_resnet50_2",
-            layers=(2, 3),
-            weights=args.weights,
-            image_size=args.size,
-            coreset_ratio=args.coreset_ratio,
-        )
+        pc = our_patchcore(args)
         p_fit, p_pred, p_scores, p_maps = ours_run(pc, train, test)
         p_img, p_px = scores_auroc(labels, p_scores, masks, p_maps)
     else:
@@ -332,19 +326,12 @@ def knn_data(args: argparse.Namespace) -> tuple[Any, Any, str]:
         g = torch.Generator().manual_seed(args.seed)
         bank, queries = torch.randn(20480, 1536, generator=g), torch.randn(16 * 1024, 1536, generator=g)
         return bank, queries, "Gaussian rows"
-    from vlmad.detectors.patchcore import PatchCore
 
     root = make_data(
         Path(args.cache), args.category, args.train, args.test_good, args.test_bad, args.size, args.seed
     )
     train, test, _, _ = load_split(root)
-    pc = PatchCore(
-        backbone="wide_resnet50_2",
-        layers=(2, 3),
-        weights=args.weights,
-        image_size=args.size,
-        coreset_ratio=args.coreset_ratio,
-    )
+    pc = our_patchcore(args)
     pc.fit(train)
     picked = test[:8] + test[-8:]  # good and anomalous images
     with torch.inference_mode():
@@ -418,19 +405,12 @@ def bench_knn(args: argparse.Namespace, failures: list[str]) -> dict[str, Any]:
 
 
 def memory_child(args: argparse.Namespace) -> dict[str, Any]:
-    from vlmad.detectors.patchcore import PatchCore
 
     root = make_data(Path(args.cache), args.category, args.memory_images, 1, 0, args.size, args.seed + 1)
     train, _, _, _ = load_split(root)
     before = peak_rss_mb()
     t0 = time.perf_counter()
-    det = PatchCore(
-        backbone="wide_resnet50_2",
-        layers=(2, 3),
-        weights=args.weights,
-        image_size=args.size,
-        coreset_ratio=args.coreset_ratio,
-    )
+    det = our_patchcore(args)
     det.fit(train)
     return {
         "images": len(train),
