@@ -38,3 +38,11 @@ def drop_deepspeed_cpu_notice() -> None:
     logger = logging.getLogger("DeepSpeed")
     if not any(isinstance(f, _DropCpuAcceleratorNotice) for f in logger.filters):
         logger.addFilter(_DropCpuAcceleratorNotice())
+
+
+def random_model_warning(kind: str, source: str, detail: str | None, shows: str) -> str | None:
+    """The loud line every output of a tiny random model carries (``None`` for a real model):
+    ``"TINY RANDOM <kind>: <source> is <detail>; <shows>, not how well it detects anomalies"``."""
+    if detail is None:
+        return None
+    return f"TINY RANDOM {kind}: {source} is {detail}; {shows}, not how well it detects anomalies"

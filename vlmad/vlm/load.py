@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from vlmad.hf import quiet_hf
+from vlmad.hf import quiet_hf, random_model_warning
 from vlmad.vlm.base import (
     RANDOM_MARK,
     ROLES,
@@ -81,11 +81,8 @@ class VlmInfo:
     @property
     def warning(self) -> str | None:
         """The loud line every output of a tiny random model carries, or ``None``."""
-        if self.random_detail is None:
-            return None
-        return (
-            f"TINY RANDOM VLM: {self.source} is {self.random_detail}; its answers and scores show that the "
-            "pipeline runs, not how well it detects anomalies"
+        return random_model_warning(
+            "VLM", self.source, self.random_detail, "its answers and scores show that the pipeline runs"
         )
 
     def describe(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmad.errors import VlmadError
-from vlmad.hf import quiet_hf
+from vlmad.hf import quiet_hf, random_model_warning
 
 if TYPE_CHECKING:
     import torch
@@ -65,11 +65,8 @@ class ClipInfo:
     @property
     def warning(self) -> str | None:
         """The loud line every output of a random model carries, or None."""
-        if self.random_detail is None:
-            return None
-        return (
-            f"TINY RANDOM CLIP: {self.source} is {self.random_detail}; its scores show the method runs, "
-            "not how well it detects"
+        return random_model_warning(
+            "CLIP", self.source, self.random_detail, "its scores show the method runs"
         )
 
     def describe(self) -> dict[str, Any]:
